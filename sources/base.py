@@ -58,6 +58,10 @@ class Source:
     read: Callable[..., Any]
     default_inputs: Callable[..., list[str]]
     description: str = ""
+    # For the dataset card: a Hugging Face licence id ("cc-by-sa-4.0", "other") and the attribution text
+    # that the content's licence requires.
+    license_id: str = "other"
+    attribution: str = ""
 
 
 def _filesystems():

@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 
 class StoreError(Exception):
@@ -29,6 +31,26 @@ class ObjectInfo:
     sha256: str | None = None
 
 
+# What each kind of release object is served as. Gzip files get no Content-Encoding on purpose: clients must
+# receive and keep the .gz bytes (which the sha256 in the manifest covers), not a transparently decoded stream.
+_CONTENT_TYPES = (
+    (".jsonl.gz", "application/jsonl"),
+    (".json.gz", "application/json"),
+    (".jsonl", "application/jsonl"),
+    (".json", "application/json"),
+    (".md", "text/markdown; charset=utf-8"),
+    (".html", "text/html; charset=utf-8"),
+)
+
+
+def content_type_for(key: str) -> str:
+    """The Content-Type a release object is stored with, from its name."""
+    for suffix, content_type in _CONTENT_TYPES:
+        if key.endswith(suffix):
+            return content_type
+    return "application/octet-stream"
+
+
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -38,23 +60,42 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 class ReleaseStore:
-    """The interface every destination implements."""
+    """The interface every destination implements.
+
+    ``content_type=None`` means "from the key's suffix" (:func:`content_type_for`). With
+    ``skip_if_unchanged`` (the default) an object already there with the same size and sha256 is left alone,
+    so a publish that is started again after an interruption writes only what is missing or differs.
+    ``if_none_match`` creates the object only if it is absent (raising :class:`AlreadyExists` otherwise): the
+    manifest commit. ``sha256`` may pass a digest the caller already computed, to save a second pass.
+    """
 
     uri: str
 
-    def put_bytes(self, key: str, data: bytes, *, content_type: str = "application/octet-stream",
-                  content_encoding: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+    def put_bytes(self, key: str, data: bytes, *, content_type: str | None = None,
+                  content_encoding: str | None = None, if_none_match: bool = False,
+                  skip_if_unchanged: bool = True) -> ObjectInfo:
         raise NotImplementedError
 
-    def put_file(self, key: str, path: str | Path, *, content_type: str = "application/octet-stream",
-                 content_encoding: str | None = None, if_none_match: bool = False) -> ObjectInfo:
+    def put_file(self, key: str, path: str | Path, *, content_type: str | None = None,
+                 content_encoding: str | None = None, if_none_match: bool = False,
+                 skip_if_unchanged: bool = True, sha256: str | None = None) -> ObjectInfo:
         return self.put_bytes(key, Path(path).read_bytes(), content_type=content_type,
-                              content_encoding=content_encoding, if_none_match=if_none_match)
+                              content_encoding=content_encoding, if_none_match=if_none_match,
+                              skip_if_unchanged=skip_if_unchanged)
 
     def get_bytes(self, key: str) -> bytes:
         raise NotImplementedError
 
+    @contextmanager
+    def local_path(self, key: str) -> Iterator[Path]:
+        """A local file holding the object while the block runs (a temporary download for remote stores)."""
+        with tempfile.TemporaryDirectory(prefix="release-object-") as folder:
+            path = Path(folder) / "object"
+            path.write_bytes(self.get_bytes(key))
+            yield path
+
     def head(self, key: str) -> ObjectInfo | None:
+        """Size (and sha256 where the store keeps it) of an object, or None when it is absent."""
         raise NotImplementedError
 
     def exists(self, key: str) -> bool:
@@ -87,9 +128,15 @@ class LocalStore(ReleaseStore):
     def _path(self, key: str) -> Path:
         return self.root / _safe_key(key)
 
-    def put_bytes(self, key, data, *, content_type="application/octet-stream", content_encoding=None,
-                  if_none_match=False):
+    def _unchanged(self, target: Path, size: int, digest: str) -> bool:
+        return target.is_file() and target.stat().st_size == size and sha256_file(target) == digest
+
+    def put_bytes(self, key, data, *, content_type=None, content_encoding=None, if_none_match=False,
+                  skip_if_unchanged=True):
         target = self._path(key)
+        digest = hashlib.sha256(data).hexdigest()
+        if skip_if_unchanged and not if_none_match and self._unchanged(target, len(data), digest):
+            return ObjectInfo(key=key, size=len(data), sha256=digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
         try:
@@ -106,11 +153,15 @@ class LocalStore(ReleaseStore):
         finally:
             if os.path.exists(handle.name):
                 os.unlink(handle.name)
-        return ObjectInfo(key=key, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        return ObjectInfo(key=key, size=len(data), sha256=digest)
 
-    def put_file(self, key, path, *, content_type="application/octet-stream", content_encoding=None,
-                 if_none_match=False):
+    def put_file(self, key, path, *, content_type=None, content_encoding=None, if_none_match=False,
+                 skip_if_unchanged=True, sha256=None):
         target = self._path(key)
+        if skip_if_unchanged and not if_none_match and target.is_file():
+            digest = sha256 or sha256_file(path)
+            if self._unchanged(target, os.path.getsize(path), digest):
+                return ObjectInfo(key=key, size=target.stat().st_size, sha256=digest)
         target.parent.mkdir(parents=True, exist_ok=True)
         handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
         handle.close()
@@ -135,6 +186,13 @@ class LocalStore(ReleaseStore):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise StoreError(f"{self.uri_for(key)} does not exist") from None
+
+    @contextmanager
+    def local_path(self, key):
+        path = self._path(key)
+        if not path.is_file():
+            raise StoreError(f"{self.uri_for(key)} does not exist")
+        yield path
 
     def head(self, key):
         path = self._path(key)

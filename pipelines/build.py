@@ -1,0 +1,256 @@
+"""`python -m pipelines.build --source NAME ...`: build one auditable release of contrastive pairs.
+
+Exit status: 0 when the release is complete (manifest committed); 2 for a bad command line, configuration or
+input (one line on stderr naming the key, value or path); 1 when the pipeline itself fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+EPILOG = """\
+examples:
+  python -m pipelines.build --source stackexchange \\
+      --input ../shared/data/stackexchange/cardano.stackexchange.com --output releases/cardano
+  python -m pipelines.build --source quora --input quora_duplicate_questions.tsv \\
+      --set consistency.top_k=3 --set negatives.num_negatives=5
+  python -m pipelines.build --source jsonl --input pairs.jsonl --set source.dataset=my_pairs \\
+      --skip consistency --skip negatives --output s3://my-bucket/releases/my_pairs
+  python -m pipelines.build --source stackexchange --input 'dumps/*.stackexchange.com' \\
+      --direct_num_workers 2 --direct_running_mode multi_processing
+
+Every flag not listed above is a Beam pipeline option (--runner DataflowRunner --project P --region R
+--temp_location gs://..., --direct_num_workers N ...). The default runner is DirectRunner.
+S3 destinations take their endpoint and keys from the standard AWS environment variables or profile
+(AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE), never from flags.
+"""
+
+
+class UsageError(Exception):
+    """A bad command line, configuration or input: one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    from pipelines.records import SKIPPABLE_STAGES
+    from sources.registry import source_names
+
+    parser = _Parser(
+        prog="python -m pipelines.build",
+        description="Build an auditable release of contrastive training pairs from a public dump: read, "
+                    "normalize, exact dedup, MinHash near-dup removal, embedding-consistency filter, hard "
+                    "negatives, then shards + rejects + manifest in a local folder or an S3 bucket.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("--source", required=True, choices=source_names(), metavar="NAME",
+                        help=f"which reader: {', '.join(source_names())}")
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML configuration (default: configs/NAME.yaml), e.g. --config my.yaml")
+    parser.add_argument("--input", action="append", default=[], metavar="URI",
+                        help="a file, glob, folder or archive, local or s3:// / gs://; repeatable. Without it "
+                             "the source's public dump is downloaded into the cache where it has an address")
+    parser.add_argument("--output", metavar="URI",
+                        help="release destination: a local folder (default releases/NAME) or "
+                             "s3://bucket/prefix on any S3-compatible store (R2, MinIO, SeaweedFS, AWS)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override one config key, typed as YAML, e.g. --set minhash.threshold=0.85; "
+                             "repeatable")
+    parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE_STAGES, metavar="STAGE",
+                        help=f"leave a stage out (recorded in the manifest): {', '.join(SKIPPABLE_STAGES)}; "
+                             "repeatable")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing release at --output (otherwise a complete release there is "
+                             "never overwritten)")
+    return parser
+
+
+def fail(message: str, status: int = 2) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def project_identity() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        project_version = version("pair-curation")
+    except PackageNotFoundError:
+        project_version = "0.0.0+unknown"
+    commit = "unknown"
+    if (REPO_ROOT / ".git").exists():
+        try:
+            commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                    text=True, timeout=10, check=True).stdout.strip()
+            dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=10).stdout.strip()
+            if dirty:
+                commit += "-dirty"
+        except (OSError, subprocess.SubprocessError):
+            commit = "unknown"
+    return {"name": "pair-curation", "version": project_version, "commit": commit}
+
+
+def _quiet_logging() -> None:
+    class _DropNoise(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "apitools not found" not in record.getMessage()
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_DropNoise())
+
+
+def plan_build(args: argparse.Namespace):
+    """Everything decided before the graph runs. Raises UsageError (exit 2) for anything the user must fix."""
+    from pipelines.config import ConfigError, config_hash, load_config, resolved_dict
+    from pipelines.graph import BuildPlan
+    from pipelines.release.manifest import MANIFEST_KEY
+    from pipelines.release.store import StoreError, open_store
+    from sources.base import InputError, describe_inputs, expand_inputs
+    from sources.registry import get_source
+
+    source = get_source(args.source)
+    try:
+        config, source_config = load_config(args.source, source.config_model, args.config, args.overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    skipped = sorted(set(args.skip))
+    output_uri = args.output or str(REPO_ROOT / "releases" / args.source)
+    try:
+        inputs_given = args.input or source.default_inputs(source_config, config.download)
+        inputs = expand_inputs(inputs_given)
+        store = open_store(output_uri)
+        if store.exists(MANIFEST_KEY):
+            if not args.overwrite:
+                raise UsageError(f"a complete release already exists at {store.uri_for(MANIFEST_KEY)}; "
+                                 "choose another --output or pass --overwrite to replace it")
+            # Uncommit the old release first: while we rebuild, the destination is visibly incomplete.
+            store.delete(MANIFEST_KEY)
+        # The source validates its inputs (right kind of files) before anything is hashed or run.
+        context_check = source.read(inputs, source_config, _context(args.source, config))
+        del context_check
+        described = describe_inputs(inputs)
+    except (InputError, StoreError) as exc:
+        raise UsageError(str(exc)) from None
+
+    model = None
+    if "consistency" not in skipped or "negatives" not in skipped:
+        try:
+            from pipelines.embedding import model_info
+        except ImportError as exc:
+            raise UsageError(f"the embedding stages are not available ({exc}); pass --skip consistency "
+                             "--skip negatives") from None
+        try:
+            model = model_info(config.embedding)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"config key 'embedding.model': cannot load {config.embedding.model!r}: "
+                             f"{str(exc).splitlines()[0][:200]}") from None
+
+    static = {
+        "project": project_identity(),
+        "source": args.source,
+        "skipped_stages": skipped,
+        "config": resolved_dict(config),
+        "config_sha256": config_hash(config),
+        # The URI is where the input was read on this machine; the name is what provenance records.
+        "inputs": [{k: item[k] for k in ("name", "bytes", "sha256")} for item in described],
+        "model": model,
+    }
+    plan = BuildPlan(source=source, source_config=source_config, config=config, inputs=inputs,
+                     output_uri=output_uri, skipped=skipped, overwrite=args.overwrite, static_manifest=static)
+    return plan, described
+
+
+def _context(source_name, config):
+    from sources.base import RunContext
+
+    return RunContext(source_name=source_name, reject_texts=config.release.reject_texts)
+
+
+def pipeline_options(beam_args: list[str]):
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+    options = PipelineOptions(beam_args)
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = "DirectRunner"
+    return options
+
+
+def write_run_record(plan, described, argv: list[str], started: float) -> None:
+    """What is not reproducible (when, where, how) goes to runs/, outside the manifest."""
+    from pipelines.release.store import open_store
+
+    record = {
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "host": platform.node(),
+        "python": platform.python_version(),
+        "argv": argv,
+        "inputs": [{"name": d["name"], "uri": d["uri"]} for d in described],
+    }
+    key = f"runs/run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
+    open_store(plan.output_uri).put_bytes(key, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode(),
+                                          content_type="application/json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    _quiet_logging()
+    parser = make_parser()
+    try:
+        args, beam_args = parser.parse_known_args(argv)
+        plan, described = plan_build(args)
+        options = pipeline_options(beam_args)
+    except UsageError as exc:
+        fail(str(exc))
+    except (ValueError, SystemExit) as exc:
+        if isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        fail(f"bad pipeline option: {exc}")
+
+    import apache_beam as beam
+
+    from pipelines.graph import build_graph
+    from pipelines.release.manifest import MANIFEST_KEY, format_funnel
+    from pipelines.release.store import open_store
+
+    started = time.time()
+    write_run_record(plan, described, argv, started)
+    print(f"building {args.source} release -> {plan.output_uri} "
+          f"({len(plan.inputs)} input file(s), stages: {', '.join(plan.active_stages) or 'none'})",
+          file=sys.stderr)
+    try:
+        with beam.Pipeline(options=options) as pipeline:
+            build_graph(pipeline, plan)
+    except Exception as exc:  # the runner wraps worker errors; report the first line, not a traceback
+        message = str(exc).strip().splitlines()
+        detail = next((line for line in reversed(message) if "Error" in line or "Exception" in line),
+                      message[-1] if message else type(exc).__name__)
+        logging.debug("pipeline failure", exc_info=True)
+        fail(f"pipeline failed: {detail[:500]}", status=1)
+
+    store = open_store(plan.output_uri)
+    if not store.exists(MANIFEST_KEY):
+        fail("pipeline finished but no manifest was committed: the release is incomplete", status=1)
+    manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+    print(format_funnel(manifest["funnel"]))
+    print(f"release: {plan.output_uri} ({time.time() - started:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Assembles the Beam graph: read -> stages -> shards + rejects -> indexes -> card, report -> manifest (last).
+
+Stages are composite PTransforms that take and give pair records and send what they drop to rejects. The
+funnel is counted inside the graph (not from runner metrics, which differ between runners), and the
+finalizer refuses to write a manifest when rows are unaccounted for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+
+from pipelines.config import PipelineConfig
+from pipelines.records import SKIPPABLE_STAGES
+from pipelines.release import card, manifest as manifest_lib
+from pipelines.release.store import AlreadyExists, open_store
+from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
+                                      summarize_rejects)
+from sources.base import InputFile, RunContext, Source
+
+
+@dataclass
+class BuildPlan:
+    source: Source
+    source_config: Any
+    config: PipelineConfig
+    inputs: list[InputFile]
+    output_uri: str
+    skipped: list[str] = field(default_factory=list)
+    overwrite: bool = False
+    # Everything reproducible the manifest says about the run: project, source, config, inputs, model.
+    static_manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def active_stages(self) -> list[str]:
+        return [stage for stage in SKIPPABLE_STAGES if stage not in self.skipped]
+
+
+def stage_transforms(plan: BuildPlan) -> list[tuple[str, beam.PTransform]]:
+    """The active stages in graph order, as (label, transform)."""
+    config, keep_texts, active = plan.config, plan.config.release.reject_texts, plan.active_stages
+    transforms: list[tuple[str, beam.PTransform]] = []
+    if "normalize" in active:
+        from filters.normalize import Normalize
+
+        transforms.append(("normalize", Normalize(config.normalize, keep_texts)))
+    if "exact_dedup" in active:
+        from filters.exact_dedup import ExactDedup
+
+        transforms.append(("exact_dedup", ExactDedup(config.exact_dedup, keep_texts)))
+    if "minhash" in active:
+        from filters.minhash import MinHashDedup
+
+        transforms.append(("minhash", MinHashDedup(config.minhash, keep_texts)))
+    if "consistency" in active or "negatives" in active:
+        from filters.consistency import EmbeddingStages
+
+        transforms.append(("embedding", EmbeddingStages(
+            config.embedding,
+            config.consistency if "consistency" in active else None,
+            config.negatives if "negatives" in active else None,
+            keep_texts)))
+    return transforms
+
+
+class _Finalize(beam.DoFn):
+    """Writes the dataset card and report, removes stale objects, then commits manifest.json last."""
+
+    def __init__(self, plan_static: dict[str, Any], output_uri: str, active_stages: list[str], overwrite: bool,
+                 license_id: str, attribution: str, pretty_name: str):
+        self.static = plan_static
+        self.output_uri = output_uri
+        self.active_stages = active_stages
+        self.overwrite = overwrite
+        self.license_id = license_id
+        self.attribution = attribution
+        self.pretty_name = pretty_name
+
+    def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
+                samples):
+        store = open_store(self.output_uri)
+        final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
+        funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
+                                             final_rows)
+        files: list[dict[str, Any]] = []
+        draft = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
+                                            reject_summaries=reject_summaries, stage_reports=stage_reports,
+                                            files=files)
+        report_html = _render_report(draft, samples)
+        if report_html is not None:
+            report_bytes = report_html.encode("utf-8")
+            store.put_bytes("report.html", report_bytes, content_type="text/html; charset=utf-8")
+            files.append(file_entry("report.html", report_bytes))
+        card_bytes = card.render_card(draft, license_id=self.license_id, attribution=self.attribution,
+                                      pretty_name=self.pretty_name, has_report=report_html is not None
+                                      ).encode("utf-8")
+        store.put_bytes("README.md", card_bytes, content_type="text/markdown; charset=utf-8")
+        files.append(file_entry("README.md", card_bytes))
+        final = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
+                                            reject_summaries=reject_summaries, stage_reports=stage_reports,
+                                            files=files)
+        # Objects under data/ and rejects/ that this release does not vouch for are leftovers of an earlier,
+        # interrupted or differently configured run: remove them before the commit.
+        wanted = manifest_lib.release_keys(final)
+        for prefix in ("data/", "rejects/"):
+            for key in store.list_keys(prefix):
+                if key not in wanted:
+                    store.delete(key)
+        manifest_bytes = json_bytes(final)
+        try:
+            store.put_bytes(manifest_lib.MANIFEST_KEY, manifest_bytes, content_type=JSON,
+                            if_none_match=not self.overwrite)
+        except AlreadyExists:
+            raise AlreadyExists(f"{store.uri_for(manifest_lib.MANIFEST_KEY)} appeared during the run; "
+                                "not overwritten (use --overwrite)") from None
+        yield final
+
+
+def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]]) -> str | None:
+    try:
+        from pipelines.report import render_report
+    except ImportError:
+        return None
+    return render_report(draft_manifest, samples)
+
+
+def _count_by(pcoll, label: str, key_fn):
+    return (pcoll
+            | f"{label}Key" >> beam.Map(lambda element: (key_fn(element), 1))
+            | f"{label}Sum" >> beam.CombinePerKey(sum))
+
+
+def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
+    """Adds the whole build to ``pipeline``; returns the PCollection holding the final manifest."""
+    context = RunContext(source_name=plan.source.name, reject_texts=plan.config.release.reject_texts)
+    read = pipeline | "Read" >> plan.source.read(plan.inputs, plan.source_config, context)
+    pairs = read["pairs"]
+    reject_parts = [read["rejects"]]
+    report_parts = []
+    read_counts = _count_by(pairs, "ReadCount", lambda pair: pair["dataset"])
+
+    for label, transform in stage_transforms(plan):
+        result = pairs | label >> transform
+        pairs = result["pairs"]
+        reject_parts.append(result["rejects"])
+        if "report" in result:
+            report_parts.append(result["report"])
+
+    rejects = reject_parts | "AllRejects" >> beam.Flatten()
+    release = plan.config.release
+    shard_infos = pairs | "WritePairs" >> WriteShards(plan.output_uri, "data", release.shard_rows,
+                                                      release.gzip_level)
+    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level)
+    reject_infos = rejects | "WriteRejects" >> WriteShards(plan.output_uri, "rejects", release.reject_shard_rows,
+                                                           release.gzip_level)
+    reject_summaries = summarize_rejects(reject_infos)
+    reject_counts = (_count_by(rejects, "RejectCount", lambda r: (r["dataset"], r["stage"], r["reason"]))
+                     | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
+    stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()
+    samples = _samples(pairs, rejects)
+
+    finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,
+                         plan.source.license_id, release.attribution or plan.source.attribution,
+                         release.pretty_name)
+    return (pipeline
+            | "FinalizeTrigger" >> beam.Create([None])
+            | "Finalize" >> beam.ParDo(
+                finalize,
+                read_counts=beam.pvalue.AsList(read_counts),
+                reject_counts=beam.pvalue.AsList(reject_counts),
+                dataset_summaries=beam.pvalue.AsList(dataset_summaries),
+                reject_summaries=beam.pvalue.AsList(reject_summaries),
+                stage_reports=beam.pvalue.AsList(stage_reports),
+                samples=beam.pvalue.AsList(samples)))
+
+
+SAMPLES_PER_GROUP = 5
+
+
+def _samples(pairs, rejects):
+    """A few kept pairs per dataset and rejects per (stage, reason) for the report: the smallest ids, so the
+    choice is deterministic and unbiased by content."""
+    kept = (pairs
+            | "SampleKeptKey" >> beam.Map(lambda pair: (("kept", pair["dataset"], ""), pair))
+            | "SampleKept" >> beam.combiners.Top.PerKey(SAMPLES_PER_GROUP, key=lambda p: p["id"], reverse=True))
+    dropped = (rejects
+               | "SampleRejectKey" >> beam.Map(lambda r: (("rejected", r["stage"], r["reason"]), r))
+               | "SampleRejected" >> beam.combiners.Top.PerKey(SAMPLES_PER_GROUP, key=lambda r: r["id"],
+                                                                reverse=True))
+    return ((kept, dropped)
+            | "Samples" >> beam.Flatten()
+            | "SampleDicts" >> beam.MapTuple(lambda key, items: {"group": list(key), "items": items}))

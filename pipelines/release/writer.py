@@ -1,0 +1,201 @@
+"""Shard writers: pairs and rejects -> gzip JSON-lines shards in a release store, plus contrastors' indexes.
+
+Determinism: a row's shard is hash(id) mod the dataset's shard count (from its row count), rows are sorted
+by id inside a shard, JSON keys are sorted, gzip headers carry no name and no timestamp. So the same rows
+give the same bytes on any runner, in any order of arrival.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Iterable
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from pipelines.records import dumps_line, id_bucket, to_release_row
+from pipelines.release.store import open_store
+
+JSONL_GZ = "application/jsonl"  # stored as gzip bytes; no Content-Encoding so clients keep the .gz as is
+JSON = "application/json"
+
+
+def shard_key(kind: str, dataset: str, index: int) -> str:
+    if kind == "data":
+        return f"data/{dataset}/shard-{index:05d}.jsonl.gz"
+    return f"rejects/{dataset}/rejects-{index:05d}.jsonl.gz"
+
+
+def shard_count(rows: int, rows_per_shard: int) -> int:
+    return max(1, math.ceil(rows / rows_per_shard))
+
+
+def write_jsonl_gz(rows: Iterable[dict[str, Any]], path: str, gzip_level: int, release_rows: bool
+                   ) -> tuple[int, list[list[int]]]:
+    """Write rows (already in order) as a deterministic gzip of JSON lines.
+
+    Returns (row count, per-line [start, end) offsets in the decompressed stream, the newline included,
+    as contrastors' loader reads them). Offsets are byte offsets: lines are ASCII-only.
+    """
+    offsets: list[list[int]] = []
+    position = 0
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=gzip_level,
+                                                mtime=0) as compressed:
+        for row in rows:
+            line = (dumps_line(to_release_row(row) if release_rows else row) + "\n").encode("ascii")
+            compressed.write(line)
+            offsets.append([position, position + len(line)])
+            position += len(line)
+    return len(offsets), offsets
+
+
+def sha256_path(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _WriteShard(beam.DoFn):
+    def __init__(self, output_uri: str, kind: str, gzip_level: int):
+        self.output_uri = output_uri
+        self.kind = kind
+        self.gzip_level = gzip_level
+        self.store = None
+
+    def setup(self):
+        self.store = open_store(self.output_uri)
+
+    def process(self, element):
+        (dataset, index), rows = element
+        # A shard is bounded by design (shard_rows), so holding it to sort is safe.
+        ordered = sorted(rows, key=lambda row: (row["id"], dumps_line(row)))
+        key = shard_key(self.kind, dataset, index)
+        handle = tempfile.NamedTemporaryFile(prefix="shard-", suffix=".jsonl.gz", delete=False)
+        handle.close()
+        try:
+            count, offsets = write_jsonl_gz(ordered, handle.name, self.gzip_level, release_rows=self.kind == "data")
+            size = os.path.getsize(handle.name)
+            checksum = sha256_path(handle.name)
+            self.store.put_file(key, handle.name, content_type=JSONL_GZ)
+        finally:
+            os.unlink(handle.name)
+        Metrics.counter("release", f"{self.kind}_shards").inc()
+        info = {"dataset": dataset, "kind": self.kind, "index": index, "key": key, "rows": count, "bytes": size,
+                "sha256": checksum}
+        if self.kind == "data":
+            info["offsets"] = offsets
+        yield info
+
+
+class WriteShards(beam.PTransform):
+    """Rows (pairs or rejects) -> shards per dataset; yields one info dict per shard written."""
+
+    def __init__(self, output_uri: str, kind: str, rows_per_shard: int, gzip_level: int):
+        super().__init__()
+        self.output_uri = output_uri
+        self.kind = kind
+        self.rows_per_shard = rows_per_shard
+        self.gzip_level = gzip_level
+
+    def expand(self, rows):
+        rows_per_shard = self.rows_per_shard
+        shards_per_dataset = (rows
+                              | "CountPerDataset" >> beam.Map(lambda row: (row["dataset"], 1))
+                              | "Sum" >> beam.CombinePerKey(sum)
+                              | "ShardCount" >> beam.MapTuple(lambda ds, n: (ds, shard_count(n, rows_per_shard))))
+
+        def assign(row, shard_counts):
+            dataset = row["dataset"]
+            return (dataset, id_bucket(row["id"], shard_counts[dataset])), row
+
+        return (rows
+                | "AssignShard" >> beam.Map(assign, shard_counts=beam.pvalue.AsDict(shards_per_dataset))
+                | "GroupShard" >> beam.GroupByKey()
+                | "WriteShard" >> beam.ParDo(_WriteShard(self.output_uri, self.kind, self.gzip_level)))
+
+
+def counts_document(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(shards, key=lambda s: s["key"])
+    return {"count_per_file": {s["key"]: s["rows"] for s in ordered},
+            "total_count": sum(s["rows"] for s in ordered)}
+
+
+def offsets_document(shards: list[dict[str, Any]]) -> dict[str, Any]:
+    return {s["key"]: {str(line): span for line, span in enumerate(s["offsets"])}
+            for s in sorted(shards, key=lambda s: s["key"])}
+
+
+def gzip_bytes(data: bytes, level: int) -> bytes:
+    return gzip.compress(data, compresslevel=level, mtime=0)
+
+
+def json_bytes(obj: Any) -> bytes:
+    """Pretty, sorted, ASCII JSON for small index and manifest files."""
+    return (json.dumps(obj, sort_keys=True, ensure_ascii=True, indent=1) + "\n").encode("ascii")
+
+
+def file_entry(key: str, data: bytes) -> dict[str, Any]:
+    return {"key": key, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+class _WriteDatasetIndex(beam.DoFn):
+    """All shard infos of one dataset -> counts.json and offsets.json.gz; yields the dataset's summary."""
+
+    def __init__(self, output_uri: str, gzip_level: int):
+        self.output_uri = output_uri
+        self.gzip_level = gzip_level
+        self.store = None
+
+    def setup(self):
+        self.store = open_store(self.output_uri)
+
+    def process(self, element):
+        dataset, shard_infos = element
+        shards = sorted(shard_infos, key=lambda s: s["key"])
+        counts = json_bytes(counts_document(shards))
+        offsets = gzip_bytes(json.dumps(offsets_document(shards), sort_keys=True, separators=(",", ":"))
+                             .encode("ascii"), self.gzip_level)
+        counts_key = f"data/{dataset}/counts.json"
+        offsets_key = f"data/{dataset}/offsets.json.gz"
+        self.store.put_bytes(counts_key, counts, content_type=JSON)
+        self.store.put_bytes(offsets_key, offsets, content_type=JSON)
+        yield {
+            "dataset": dataset,
+            "rows": sum(s["rows"] for s in shards),
+            "shards": [{k: s[k] for k in ("key", "rows", "bytes", "sha256")} for s in shards],
+            "counts": file_entry(counts_key, counts),
+            "offsets": file_entry(offsets_key, offsets),
+        }
+
+
+class WriteDatasetIndexes(beam.PTransform):
+    def __init__(self, output_uri: str, gzip_level: int):
+        super().__init__()
+        self.output_uri = output_uri
+        self.gzip_level = gzip_level
+
+    def expand(self, shard_infos):
+        return (shard_infos
+                | "KeyByDataset" >> beam.Map(lambda info: (info["dataset"], info))
+                | "GroupDataset" >> beam.GroupByKey()
+                | "WriteIndex" >> beam.ParDo(_WriteDatasetIndex(self.output_uri, self.gzip_level)))
+
+
+def summarize_rejects(shard_infos) -> Any:
+    def summary(element):
+        dataset, infos = element
+        shards = sorted(infos, key=lambda s: s["key"])
+        return {"dataset": dataset, "rows": sum(s["rows"] for s in shards),
+                "shards": [{k: s[k] for k in ("key", "rows", "bytes", "sha256")} for s in shards]}
+
+    return (shard_infos
+            | "KeyRejectsByDataset" >> beam.Map(lambda info: (info["dataset"], info))
+            | "GroupRejectDataset" >> beam.GroupByKey()
+            | "RejectSummary" >> beam.Map(summary))

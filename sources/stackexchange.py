@@ -1,0 +1,536 @@
+"""StackExchange data dumps -> title/body, question/answer and duplicate-question pairs.
+
+Input: a site folder (``Posts.xml``, optional ``PostLinks.xml``), a site ``.7z`` as distributed, or several
+sites by glob. ``Posts.xml`` holds one ``<row .../>`` per line, so folders are read with Beam's splittable
+text read and each line is parsed on its own by defusedxml: a row can reference no DTD, so entity bombs and
+external entities fail to parse (and become rejects) instead of expanding. Questions meet their answers and
+duplicate links through keyed joins, never through a dict held by one worker.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Iterable, Iterator
+from xml.etree.ElementTree import ParseError
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import fromstring as parse_xml_row
+from pydantic import Field
+
+from pipelines.records import make_input_reject, new_pair
+from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
+from sources.text import html_to_text, parse_tags
+
+SOURCE_NAME = "stackexchange"
+TITLE_BODY = "stackexchange_title_body"
+QUESTION_ANSWER = "stackexchange_question_answer"
+DUPLICATES = "stackexchange_duplicates"
+POSTS = "stackexchange_posts"  # rejects of rows that never reached a pair kind (malformed, other post types)
+
+QUESTION, ANSWER = "1", "2"
+DUPLICATE_LINK = "3"
+
+
+class StackExchangeSourceConfig(SourceSection):
+    # Which pair kinds (DATASETs) to build.
+    title_body: bool = True
+    question_answer: bool = True
+    duplicates: bool = True
+    # question_answer takes the accepted answer; without one (or when it is absent from the dump), the
+    # highest-scored answer whose score is at least this.
+    min_answer_score: int = 1
+    # Whether an accepted answer must also reach min_answer_score.
+    accepted_answer_min_score: int | None = None
+    # What each side of a duplicate pair holds: the title, or the title and body.
+    duplicate_text: str = Field("title", pattern="^(title|title_body)$")
+    # Rows longer than this (bytes, escaped XML) are rejected unparsed: bounds memory per row.
+    max_row_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Sites to download when --input is absent, and where from ({site} is replaced).
+    sites: list[str] = Field(default_factory=lambda: ["cardano.stackexchange.com"])
+    url_template: str = "https://archive.org/download/stackexchange/{site}.7z"
+
+
+# --- licence ---------------------------------------------------------------------------------------------
+
+def license_for(content_license: str | None, creation_date: str | None) -> str:
+    """The row's ContentLicense, or the CC BY-SA version in force when the post was created (older dumps)."""
+    if content_license:
+        return content_license
+    date = (creation_date or "")[:10]
+    if date and date < "2011-04-08":
+        return "CC BY-SA 2.5"
+    if date and date < "2018-05-02":
+        return "CC BY-SA 3.0"
+    return "CC BY-SA 4.0"
+
+
+def combine_licenses(*licenses: str) -> str:
+    return " AND ".join(sorted(set(licenses)))
+
+
+# --- rows ------------------------------------------------------------------------------------------------
+
+_SKIPPED_LINE = re.compile(r"^\s*(<\?xml[^>]*\?>|</?posts>|</?postlinks>)?\s*$")
+
+
+def site_of(input_name: str) -> str:
+    """The site a Posts.xml belongs to: its folder ("cardano.stackexchange.com/Posts.xml") or its archive
+    ("cardano.stackexchange.com.7z", "stackoverflow.com-Posts.7z")."""
+    parts = input_name.replace("\\", "/").split("/")
+    if len(parts) >= 2 and not parts[-2].endswith(".7z"):
+        return parts[-2]
+    archive = parts[-2] if len(parts) >= 2 else parts[-1]
+    archive = re.sub(r"\.7z$", "", archive)
+    return re.sub(r"-(Posts|PostLinks)$", "", archive)
+
+
+def parse_row(line: str, max_row_bytes: int) -> tuple[dict[str, str] | None, str | None]:
+    """One line of a dump file -> (attributes, None), (None, reason) or (None, None) for header lines."""
+    if len(line) > max_row_bytes:
+        return None, "row_too_large"
+    stripped = line.strip()
+    if not stripped.startswith("<row"):
+        return (None, None) if _SKIPPED_LINE.match(stripped) else (None, "unexpected_line")
+    if "\x00" in stripped:
+        return None, "nul_byte"
+    try:
+        element = parse_xml_row(stripped, forbid_dtd=True, forbid_entities=True, forbid_external=True)
+    except DefusedXmlException:
+        return None, "forbidden_xml"
+    except ParseError as exc:
+        # An undefined entity (a bomb or external entity without its DTD) lands here: never expanded.
+        return None, "undefined_entity" if "undefined entity" in str(exc) else "malformed_xml_row"
+    if element.tag != "row":
+        return None, "malformed_xml_row"
+    return dict(element.attrib), None
+
+
+def post_from_row(attributes: dict[str, str], site: str, input_name: str) -> dict[str, Any]:
+    post_type = attributes.get("PostTypeId", "")
+    post_id = attributes.get("Id", "")
+    return {
+        "site": site,
+        "input": input_name,
+        "id": post_id,
+        "type": post_type,
+        "parent_id": attributes.get("ParentId"),
+        "accepted_answer_id": attributes.get("AcceptedAnswerId"),
+        "score": _to_int(attributes.get("Score")),
+        "title": html_to_text(attributes.get("Title", "")),
+        "body": html_to_text(attributes.get("Body", "")),
+        "tags": parse_tags(attributes.get("Tags")),
+        "license": license_for(attributes.get("ContentLicense"), attributes.get("CreationDate")),
+    }
+
+
+def _to_int(value: str | None) -> int:
+    try:
+        return int(value) if value is not None else 0
+    except ValueError:
+        return 0
+
+
+def post_ref(post: dict[str, Any]) -> str:
+    return f"{post['site']}/posts/{post['id']}"
+
+
+def post_url(post: dict[str, Any]) -> str:
+    kind = "q" if post["type"] == QUESTION else "a"
+    return f"https://{post['site']}/{kind}/{post['id']}"
+
+
+# --- pair kinds (plain functions) ------------------------------------------------------------------------
+
+def title_body_outcome(question: dict[str, Any], keep_texts: bool = True) -> dict[str, Any]:
+    """A question -> its title/body pair, or a reject saying why not."""
+    provenance = {"record": post_ref(question), "input": question["input"], "license": question["license"],
+                  "url": post_url(question), "site": question["site"], "post_ids": [question["id"]],
+                  "tags": question["tags"]}
+    if not question["title"] or not question["body"]:
+        reason = "missing_title" if not question["title"] else "empty_body"
+        return _question_reject(TITLE_BODY, provenance, reason, {}, question, keep_texts)
+    return new_pair(dataset=TITLE_BODY, source=SOURCE_NAME, query=question["title"], document=question["body"],
+                    provenance=provenance)
+
+
+def choose_answer(question: dict[str, Any], answers: Iterable[dict[str, Any]], min_answer_score: int,
+                  accepted_min_score: int | None) -> tuple[dict[str, Any] | None, str]:
+    """The accepted answer, else the best answer at or above the score bar (ties: smallest id).
+
+    Returns (answer, how) with how in {"accepted", "top_scored"} or (None, reason)."""
+    answers = sorted(answers, key=lambda a: _to_int(a["id"]))
+    accepted_id = question.get("accepted_answer_id")
+    if accepted_id:
+        for answer in answers:
+            if answer["id"] == accepted_id and answer["body"]:
+                if accepted_min_score is None or answer["score"] >= accepted_min_score:
+                    return answer, "accepted"
+    candidates = [a for a in answers if a["body"] and a["score"] >= min_answer_score]
+    if not candidates:
+        return None, "no_answer" if not answers else "no_answer_above_min_score"
+    best = max(candidates, key=lambda a: (a["score"], -_to_int(a["id"])))
+    return best, "top_scored"
+
+
+def question_answer_outcome(question: dict[str, Any], answers: Iterable[dict[str, Any]],
+                            config: StackExchangeSourceConfig, keep_texts: bool = True) -> dict[str, Any]:
+    answer, how = choose_answer(question, answers, config.min_answer_score, config.accepted_answer_min_score)
+    provenance = {"record": post_ref(question), "input": question["input"], "license": question["license"],
+                  "url": post_url(question), "site": question["site"], "post_ids": [question["id"]],
+                  "tags": question["tags"]}
+    if answer is None:
+        return _question_reject(QUESTION_ANSWER, provenance, how, {"question_id": question["id"]}, question,
+                                keep_texts)
+    query = "\n\n".join(part for part in (question["title"], question["body"]) if part)
+    if not query:
+        return _question_reject(QUESTION_ANSWER, provenance, "empty_question", {}, question, keep_texts)
+    provenance.update({
+        "record": f"{post_ref(question)}+{answer['id']}",
+        "license": combine_licenses(question["license"], answer["license"]),
+        "post_ids": [question["id"], answer["id"]],
+        "answer_url": post_url(answer),
+        "answer_choice": how,
+        "answer_score": answer["score"],
+    })
+    return new_pair(dataset=QUESTION_ANSWER, source=SOURCE_NAME, query=query, document=answer["body"],
+                    provenance=provenance)
+
+
+def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, target: dict[str, Any] | None,
+                      config: StackExchangeSourceConfig, keep_texts: bool = True) -> dict[str, Any]:
+    """A duplicate link (closed question -> its target) -> a pair, or a reject when either end is absent."""
+    record = f"{link['site']}/postlinks/{link['id']}"
+    provenance = {"record": record, "input": link["input"], "site": link["site"],
+                  "post_ids": [link["post_id"], link["related_post_id"]],
+                  "license": combine_licenses(*(p["license"] for p in (closed, target) if p)) if (closed or target)
+                  else "CC BY-SA 4.0"}
+    for role, post, post_id in (("closed", closed, link["post_id"]), ("target", target, link["related_post_id"])):
+        if post is None:
+            return make_input_reject(dataset=DUPLICATES, source=SOURCE_NAME, provenance=provenance,
+                                     reason=f"duplicate_{role}_missing",
+                                     detail={"post_id": post_id, "role": role})
+        if post["type"] != QUESTION:
+            return make_input_reject(dataset=DUPLICATES, source=SOURCE_NAME, provenance=provenance,
+                                     reason=f"duplicate_{role}_not_a_question",
+                                     detail={"post_id": post_id, "post_type": post["type"]})
+
+    def side(post):
+        if config.duplicate_text == "title":
+            return post["title"]
+        return "\n\n".join(part for part in (post["title"], post["body"]) if part)
+
+    provenance["url"] = post_url(closed)
+    provenance["target_url"] = post_url(target)
+    return new_pair(dataset=DUPLICATES, source=SOURCE_NAME, query=side(closed), document=side(target),
+                    provenance=provenance)
+
+
+def _question_reject(dataset, provenance, reason, detail, question, keep_texts):
+    reject = make_input_reject(dataset=dataset, source=SOURCE_NAME, provenance=provenance, reason=reason,
+                               detail=detail)
+    if keep_texts:
+        reject["query"] = question.get("title", "")
+        reject["document"] = question.get("body", "")
+    return reject
+
+
+# --- Beam ------------------------------------------------------------------------------------------------
+
+class _ParsePostsLine(beam.DoFn):
+    """(file name, raw line bytes) -> posts on the main output, rejects on "rejects"."""
+
+    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str):
+        self.max_row_bytes = max_row_bytes
+        self.names = names  # full uri -> release-stable name
+        self.line_kind = line_kind  # "posts" or "links"
+        self.rows = Metrics.counter("read", f"stackexchange_{line_kind}_rows")
+        self.bad_rows = Metrics.counter("read", f"stackexchange_{line_kind}_rejected_rows")
+
+    def process(self, element):
+        uri, raw = element
+        name = self.names.get(uri) or self.names.get(os.path.abspath(uri)) or os.path.basename(uri)
+        site = site_of(name)
+        text, decode_error = decode_text(raw)
+        provenance = {"record": f"{site}/{name.rsplit('/', 1)[-1]}", "input": name, "site": site}
+        if decode_error:
+            self.bad_rows.inc()
+            yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="invalid_utf8",
+                detail={"error": decode_error}, raw=raw[:200].decode("utf-8", "replace")))
+            return
+        attributes, reason = parse_row(text, self.max_row_bytes)
+        if attributes is None:
+            if reason is not None:
+                self.bad_rows.inc()
+                yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                    dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, raw=text[:2000]))
+            return
+        self.rows.inc()
+        if self.line_kind == "links":
+            yield {"site": site, "input": name, "id": attributes.get("Id", ""),
+                   "post_id": attributes.get("PostId", ""), "related_post_id": attributes.get("RelatedPostId", ""),
+                   "link_type": attributes.get("LinkTypeId", "")}
+            return
+        if not attributes.get("Id"):
+            self.bad_rows.inc()
+            yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="missing_id", raw=text[:2000]))
+            return
+        yield post_from_row(attributes, site, name)
+
+
+class _ReadArchive(beam.DoFn):
+    """A site .7z -> (member name, raw line) for its Posts.xml and PostLinks.xml.
+
+    Members are written to temp files whose names we choose (never the member's own path, so a
+    "../../etc/passwd" member name cannot write outside the temp folder); other members are not extracted.
+    """
+
+    def __init__(self, wanted: str):
+        self.wanted = wanted  # "Posts.xml" or "PostLinks.xml"
+
+    def process(self, archive_uri: str) -> Iterator[tuple[str, bytes]]:
+        import py7zr
+
+        workdir = tempfile.mkdtemp(prefix="se7z-")
+        try:
+            local_archive = os.path.join(workdir, "archive.7z")
+            with FileSystems.open(archive_uri, compression_type="uncompressed") as src, \
+                    open(local_archive, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            member_name = f"{archive_uri}!{self.wanted}"
+            try:
+                with py7zr.SevenZipFile(local_archive, mode="r") as archive:
+                    members = [name for name in archive.getnames()
+                               if name.replace("\\", "/").rsplit("/", 1)[-1] == self.wanted]
+                    if not members:
+                        return
+                    target = os.path.join(workdir, "member.xml")
+                    archive.extract(targets=members[:1], factory=_SingleFileFactory(target))
+            except Exception as exc:  # py7zr raises many types for corrupt or truncated archives
+                yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                    dataset=POSTS, source=SOURCE_NAME,
+                    provenance={"record": os.path.basename(archive_uri), "input": os.path.basename(archive_uri)},
+                    reason="unreadable_archive", detail={"error": str(exc).splitlines()[0][:300] if str(exc)
+                                                         else type(exc).__name__}))
+                return
+            if not os.path.exists(target):
+                return
+            with open(target, "rb") as handle:
+                for line in handle:
+                    yield member_name, line.rstrip(b"\n")
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+class _SingleFileFactory:
+    """py7zr writer factory that sends the one extracted member to a path of our choosing."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def create(self, filename: str):
+        return _FileIO(self.path)
+
+
+class _FileIO:
+    def __init__(self, path: str):
+        self._handle = open(path, "wb")
+        self._size = 0
+
+    def write(self, data):
+        self._size += len(data)
+        return self._handle.write(data)
+
+    def read(self, size=None):
+        return b""
+
+    def seek(self, offset, whence=0):
+        return self._handle.seek(offset, whence)
+
+    def flush(self):
+        self._handle.flush()
+
+    def size(self):
+        return self._size
+
+    def close(self):
+        if not self._handle.closed:
+            self._handle.close()
+
+
+def _read_lines(pbegin, label: str, files: list[str]):
+    """Splittable line reads of plain XML files, keeping bytes (invalid UTF-8 becomes a reject, not a crash)."""
+    from apache_beam.coders import BytesCoder
+    from apache_beam.io import ReadFromTextWithFilename
+
+    reads = []
+    for index, uri in enumerate(files):
+        reads.append(pbegin | f"{label}Read{index}" >> ReadFromTextWithFilename(
+            uri, coder=BytesCoder(), validate=False, strip_trailing_newlines=True))
+    if not reads:
+        return pbegin | f"{label}None" >> beam.Create([])
+    if len(reads) == 1:
+        return reads[0]
+    return tuple(reads) | f"{label}Merge" >> beam.Flatten()
+
+
+def _read_archives(pbegin, label: str, archives: list[str], wanted: str):
+    return (pbegin
+            | f"{label}Archives" >> beam.Create(archives)
+            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted)).with_outputs("rejects", main="lines"))
+
+
+class ReadStackExchange(beam.PTransform):
+    def __init__(self, inputs: list[InputFile], config: StackExchangeSourceConfig, context: RunContext):
+        super().__init__()
+        self.inputs = inputs
+        self.config = config
+        self.keep_texts = context.reject_texts
+
+    def expand(self, pbegin):
+        config = self.config
+        names = {item.uri: item.name for item in self.inputs}
+        posts_files = [i.uri for i in self.inputs if i.name.rsplit("/", 1)[-1] == "Posts.xml"]
+        link_files = [i.uri for i in self.inputs if i.name.rsplit("/", 1)[-1] == "PostLinks.xml"]
+        archives = [i.uri for i in self.inputs if i.name.endswith(".7z")]
+        for archive in archives:
+            stem = archive.rsplit("/", 1)[-1]
+            names[f"{archive}!Posts.xml"] = f"{stem}/Posts.xml"
+            names[f"{archive}!PostLinks.xml"] = f"{stem}/PostLinks.xml"
+
+        reject_parts = []
+        post_lines = [_read_lines(pbegin, "Posts", posts_files)]
+        link_lines = [_read_lines(pbegin, "Links", link_files)] if config.duplicates else []
+        if archives:
+            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml")
+            post_lines.append(extracted.lines)
+            reject_parts.append(extracted.rejects)
+            if config.duplicates:
+                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml")
+                link_lines.append(extracted_links.lines)
+                reject_parts.append(extracted_links.rejects)
+
+        parsed = (post_lines | "PostLines" >> beam.Flatten()
+                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts"))
+                  .with_outputs("rejects", main="posts"))
+        reject_parts.append(parsed.rejects)
+        posts = parsed.posts
+
+        keep_texts = self.keep_texts
+
+        def split_by_type(post):
+            if post["type"] == QUESTION:
+                yield beam.pvalue.TaggedOutput("questions", post)
+            elif post["type"] == ANSWER:
+                yield beam.pvalue.TaggedOutput("answers", post)
+            else:
+                yield beam.pvalue.TaggedOutput("other", make_input_reject(
+                    dataset=POSTS, source=SOURCE_NAME,
+                    provenance={"record": post_ref(post), "input": post["input"], "site": post["site"],
+                                "license": post["license"]},
+                    reason="post_type_skipped", detail={"post_type": post["type"]}))
+
+        typed = posts | "SplitByType" >> beam.FlatMap(split_by_type).with_outputs("questions", "answers", "other")
+        reject_parts.append(typed.other)
+        questions = typed.questions
+        pair_parts = []
+
+        if config.title_body:
+            title_body = questions | "TitleBody" >> beam.Map(title_body_outcome, keep_texts)
+            pair_parts.append(title_body)
+
+        questions_by_key = questions | "KeyQuestions" >> beam.Map(lambda q: ((q["site"], q["id"]), q))
+        if config.question_answer:
+            answers_by_parent = typed.answers | "KeyAnswers" >> beam.Map(lambda a: ((a["site"], a["parent_id"]), a))
+
+            def join_answers(element):
+                _, grouped = element
+                for question in grouped["question"]:
+                    yield question_answer_outcome(question, list(grouped["answers"]), config, keep_texts)
+
+            pair_parts.append(
+                {"question": questions_by_key, "answers": answers_by_parent}
+                | "JoinAnswers" >> beam.CoGroupByKey()
+                | "QuestionAnswer" >> beam.FlatMap(join_answers))
+
+        if config.duplicates:
+            links = (link_lines | "LinkLines" >> beam.Flatten()
+                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links"))
+                     .with_outputs("rejects", main="links"))
+            reject_parts.append(links.rejects)
+            duplicate_links = links.links | "DuplicateLinks" >> beam.Filter(lambda l: l["link_type"] == DUPLICATE_LINK)
+            posts_by_key = posts | "KeyPosts" >> beam.Map(lambda p: ((p["site"], p["id"]), p))
+
+            def attach(element, role):
+                _, grouped = element
+                found = sorted(grouped["post"], key=lambda p: p["input"])
+                for link in grouped["links"]:
+                    link = dict(link)
+                    link[role] = found[0] if found else None
+                    yield link
+
+            with_closed = ({"post": posts_by_key,
+                            "links": duplicate_links | "KeyByClosed" >> beam.Map(
+                                lambda l: ((l["site"], l["post_id"]), l))}
+                           | "JoinClosed" >> beam.CoGroupByKey()
+                           | "AttachClosed" >> beam.FlatMap(attach, "closed"))
+            with_target = ({"post": posts_by_key,
+                            "links": with_closed | "KeyByTarget" >> beam.Map(
+                                lambda l: ((l["site"], l["related_post_id"]), l))}
+                           | "JoinTarget" >> beam.CoGroupByKey()
+                           | "AttachTarget" >> beam.FlatMap(attach, "target"))
+            pair_parts.append(with_target | "Duplicates" >> beam.Map(
+                lambda l: duplicate_outcome(l, l["closed"], l["target"], config, keep_texts)))
+
+        outcomes = (pair_parts or [pbegin | "NoPairs" >> beam.Create([])]) | "Outcomes" >> beam.Flatten()
+
+        def split_outcomes(outcome):
+            # Pair outcomes carry a query/document and no stage; rejects carry stage "read".
+            if outcome.get("stage") == "read":
+                yield beam.pvalue.TaggedOutput("rejects", outcome)
+            else:
+                yield outcome
+
+        split = outcomes | "SplitOutcomes" >> beam.FlatMap(split_outcomes).with_outputs("rejects", main="pairs")
+        reject_parts.append(split.rejects)
+        rejects = reject_parts | "ReadRejects" >> beam.Flatten()
+        return {"pairs": split.pairs, "rejects": rejects}
+
+
+def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, context: RunContext):
+    usable = [i for i in inputs if i.name.rsplit("/", 1)[-1] in ("Posts.xml", "PostLinks.xml")
+              or i.name.endswith(".7z")]
+    if not any(i.name.rsplit("/", 1)[-1] == "Posts.xml" or i.name.endswith(".7z") for i in usable):
+        raise InputError("no Posts.xml or site .7z archive among the inputs: pass a site dump folder, "
+                         "its .7z, or a glob of them")
+    return ReadStackExchange(usable, source_config, context)
+
+
+def default_inputs(source_config: StackExchangeSourceConfig, download_config) -> list[str]:
+    from sources.download import fetch
+
+    paths = []
+    for site in source_config.sites:
+        url = source_config.url_template.format(site=site)
+        paths.append(fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s))
+    return paths
+
+
+SOURCE = Source(name=SOURCE_NAME, config_model=StackExchangeSourceConfig, read=read,
+                default_inputs=default_inputs,
+                description="StackExchange site dumps (Posts.xml + PostLinks.xml, or SITE.7z)",
+                license_id="cc-by-sa-4.0",
+                attribution=(
+                    "Content from Stack Exchange sites (https://stackexchange.com), contributed by their users "
+                    "and licensed under CC BY-SA (2.5, 3.0 or 4.0; the version of every pair is in "
+                    "`provenance.license`). Each pair links its posts in `provenance.url` / `answer_url`, and "
+                    "the authors are credited there. Modified: HTML converted to plain text, whitespace "
+                    "normalized, pairs filtered. This release is shared under the same licence "
+                    "(CC BY-SA 4.0)."))
