@@ -318,7 +318,7 @@ class ReleaseVerifier:
         seen: set[str] = {MANIFEST_KEY}
 
         def claim(key: str, pattern: str) -> str | None:
-            if not re.fullmatch(pattern, key):
+            if not re.fullmatch(pattern, key) or any(part in ("", ".", "..") for part in key.split("/")):
                 return f"key {key!r} does not follow the release layout"
             if key in seen:
                 return f"key {key!r} is listed twice"

@@ -1,4 +1,4 @@
-"""Shared readers: line-numbered reads of plain or gzip files, CSV/TSV records, whole files, Arrow/Parquet rows.
+"""Shared readers: line-numbered reads of plain or gzip files, CSV/TSV records, one-record-per-file inputs.
 
 Every reader works on bytes (never lets Beam decode text) and turns every input row into exactly one outcome:
 a pair, or a reject with stage ``read`` and a reason. Problems that belong to no single row (a truncated or
@@ -23,9 +23,10 @@ import csv
 import fnmatch
 import json
 import logging
+import pickle
 import zlib
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -53,6 +54,10 @@ _UNSUPPORTED_MAGIC = {
 }
 
 
+DOCUMENTATION_FILES = ("readme*", "license*", "licence*", "*.md", "*.pdf", "*.html", "classes.txt",
+                       "manifest*", "checksums*", "*.sha256", "*.md5")
+
+
 class ReadSection(SourceSection):
     """Knobs every file-reading source shares (documented in each configs/NAME.yaml)."""
 
@@ -64,6 +69,8 @@ class ReadSection(SourceSection):
     max_field_chars: int = Field(200_000, ge=100)
     # Plain (uncompressed) line-based files larger than this are read as several ranges in parallel.
     split_bytes: int = Field(64 * MiB, ge=MiB)
+    # Documentation files inside input folders (matched on the file name, case-insensitively) are not read.
+    skip_files: list[str] = Field(default_factory=lambda: list(DOCUMENTATION_FILES))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -239,7 +246,7 @@ def iter_lines(uri: str, *, compression: str = "none", start: int = 0, end: int 
         offset = _find_first_line_start(handle, start) if compression == "none" else 0
         if offset is None:
             return
-        if offset != start:
+        if offset:
             handle.seek(offset)
         stream = ChunkStream(handle, compression)
         yield from _split_lines(stream, offset=offset, line=first_line, end=end, max_line_bytes=max_line_bytes)
@@ -363,19 +370,19 @@ def parse_python_literal(text: str) -> tuple[dict[str, Any] | None, str | None]:
 
 def parse_record(text: str) -> tuple[dict[str, Any] | None, str | None]:
     """JSON first; a line that starts like a Python dict literal (``{'``) falls back to the safe literal parser."""
-    record, problem = parse_json_object(text)
-    if record is not None:
-        return record, None
     stripped = text.lstrip()
     if stripped.startswith("{'") or stripped.startswith("{u'"):
-        literal, literal_problem = parse_python_literal(stripped)
-        if literal is not None:
-            return literal, None
-        return None, literal_problem
-    return None, problem
+        # A JSON object never starts with a single quote: go straight to the literal parser.
+        return parse_python_literal(stripped)
+    return parse_json_object(text)
 
 
-_MISSING = object()
+class _Missing:
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING = _Missing()  # what get_path returns for an absent field (None is a present null)
 
 
 def get_path(record: Any, path: str) -> Any:
@@ -385,7 +392,7 @@ def get_path(record: Any, path: str) -> Any:
     node = record
     for part in path.split("."):
         if not isinstance(node, dict) or part not in node:
-            return _MISSING
+            return MISSING
         node = node[part]
     return node
 
@@ -399,7 +406,7 @@ def text_field(record: dict[str, Any], path: str, max_chars: int, *,
                clean: Callable[[str], str] | None = None) -> tuple[str | None, FieldProblem | None]:
     """A required text field: present, a string, not blank, within the size bound, without NUL."""
     value = get_path(record, path)
-    if value is _MISSING or value is None:
+    if value is MISSING or value is None:
         return None, FieldProblem("missing_field", {"field": path})
     if not isinstance(value, str):
         return None, FieldProblem("bad_field_type", {"field": path, "type": type(value).__name__})
@@ -501,7 +508,7 @@ class Emitter:
                            raw=raw_preview(raw.data) if raw.data else None)
 
 
-class _EmitOutcomes(beam.DoFn):
+class EmitOutcomes(beam.DoFn):
     """Shared by the read DoFns: routes outcomes to the main (pairs) and ``rejects`` outputs, and counts."""
 
     def __init__(self, source: str):
@@ -521,12 +528,47 @@ class _EmitOutcomes(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(REJECT, record)
 
 
-def _split_result(pcoll_with_outputs) -> dict[str, Any]:
+def split_result(pcoll_with_outputs) -> dict[str, Any]:
     return {"pairs": pcoll_with_outputs[PAIR], "rejects": pcoll_with_outputs[REJECT]}
+
+
+def split_outcomes(outcomes: Iterable[Outcome]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(pairs, rejects) from outcomes, e.g. a read transform's ``run_local()``."""
+    pairs, rejects = [], []
+    for kind, record in outcomes:
+        (pairs if kind == PAIR else rejects).append(record)
+    return pairs, rejects
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Planning.
+
+_UNITS_PER_PACK = 2000
+
+
+def _unpack_units(pack: bytes) -> list[FileUnit]:
+    return pickle.loads(zlib.decompress(pack))
+
+
+class CreateUnits(beam.PTransform):
+    """The work units as a PCollection. Hundreds of thousands of one-article files (XSum, CNN/DailyMail) would
+    make a job graph larger than Dataflow accepts, so large lists travel as compressed packs of units that are
+    unpacked and redistributed inside the pipeline."""
+
+    def __init__(self, units: list[FileUnit]):
+        super().__init__()
+        self.units = list(units)
+
+    def expand(self, root):
+        if len(self.units) <= _UNITS_PER_PACK:
+            return root | "Create" >> beam.Create(self.units)
+        packs = [zlib.compress(pickle.dumps(self.units[start:start + _UNITS_PER_PACK]), 6)
+                 for start in range(0, len(self.units), _UNITS_PER_PACK)]
+        return (root
+                | "CreatePacks" >> beam.Create(packs)
+                | "Unpack" >> beam.FlatMap(_unpack_units)
+                | "Spread" >> beam.Reshuffle())
+
 
 def plan_line_units(unit: FileUnit, size: int, split_bytes: int) -> list[FileUnit]:
     """A plain file larger than split_bytes -> several byte ranges; anything else stays whole."""
@@ -548,7 +590,7 @@ class _CountRangeLines(beam.DoFn):
         yield (unit.uri, unit.index), count_line_starts(unit.uri, unit.start, unit.end)
 
 
-class _ReadLinesFn(_EmitOutcomes):
+class _ReadLinesFn(EmitOutcomes):
     def __init__(self, source: str, parse: LineParser, max_line_bytes: int, keep_texts: bool):
         super().__init__(source)
         self.parse = parse
@@ -597,14 +639,25 @@ class ReadLines(beam.PTransform):
     def expand(self, root):
         split = [unit for unit in self.units if unit.ranges > 1 and unit.index < unit.ranges - 1]
         counts = (root
-                  | "SplitRanges" >> beam.Create(split)
+                  | "SplitRanges" >> CreateUnits(split)
                   | "CountLines" >> beam.ParDo(_CountRangeLines()))
         read = (root
-                | "Units" >> beam.Create(self.units)
+                | "Units" >> CreateUnits(self.units)
                 | "ReadLines" >> beam.ParDo(_ReadLinesFn(self.source, self.parse, self.max_line_bytes,
                                                          self.keep_texts),
                                             beam.pvalue.AsDict(counts)).with_outputs(REJECT, main=PAIR))
-        return _split_result(read)
+        return split_result(read)
+
+    def run_local(self) -> Iterator[Outcome]:
+        """The same outcomes in this process, unit by unit, without Beam (tests, debugging)."""
+        counts: dict[tuple[str, int], int] = {}
+        for unit in self.units:
+            if unit.ranges > 1:
+                counts[(unit.uri, unit.index)] = count_line_starts(unit.uri, unit.start, unit.end)
+        for unit in self.units:
+            first_line = 1 + sum(counts[(unit.uri, index)] for index in range(unit.index))
+            yield from read_line_unit(unit, self.source, self.parse, first_line=first_line,
+                                      max_line_bytes=self.max_line_bytes, keep_texts=self.keep_texts)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -700,7 +753,7 @@ def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: s
         csv.field_size_limit(previous_limit)
 
 
-class _ReadCsvFn(_EmitOutcomes):
+class _ReadCsvFn(EmitOutcomes):
     def __init__(self, source: str, parse: CsvParser, max_line_bytes: int, max_field_chars: int, keep_texts: bool):
         super().__init__(source)
         self.parse = parse
@@ -730,11 +783,18 @@ class ReadCsv(beam.PTransform):
 
     def expand(self, root):
         read = (root
-                | "Units" >> beam.Create(self.units)
+                | "Units" >> CreateUnits(self.units)
                 | "ReadCsv" >> beam.ParDo(_ReadCsvFn(self.source, self.parse, self.max_line_bytes,
                                                      self.max_field_chars, self.keep_texts)
                                           ).with_outputs(REJECT, main=PAIR))
-        return _split_result(read)
+        return split_result(read)
+
+    def run_local(self) -> Iterator[Outcome]:
+        """The same outcomes in this process, without Beam (tests, debugging)."""
+        for unit in self.units:
+            yield from read_csv_unit(unit, self.source, self.parse, delimiter=unit.option("delimiter", ","),
+                                     skip_header=unit.option("header", False), max_line_bytes=self.max_line_bytes,
+                                     max_field_chars=self.max_field_chars, keep_texts=self.keep_texts)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -746,7 +806,12 @@ FileParser = Callable[[str, Emitter], Iterable[Outcome]]
 def read_whole_unit(unit: FileUnit, source: str, parse: FileParser, *, max_file_bytes: int,
                     keep_texts: bool = True, fallback_encoding: str | None = None) -> Iterator[Outcome]:
     emitter = Emitter(unit, source, keep_texts)
-    stream = ChunkStream(open_raw(unit.uri), unit.compression)
+    handle = open_raw(unit.uri)
+    compression = unit.compression
+    if compression == "none":  # not sniffed when planning (there may be 300,000 such files): look here
+        compression = "gzip" if handle.read(2) == _GZIP_MAGIC else "none"
+        handle.seek(0)
+    stream = ChunkStream(handle, compression)
     data = bytearray()
     oversized = False
     try:
@@ -784,7 +849,7 @@ def read_whole_unit(unit: FileUnit, source: str, parse: FileParser, *, max_file_
     yield from parse(text.replace("\r\n", "\n"), emitter)
 
 
-class _ReadWholeFn(_EmitOutcomes):
+class _ReadWholeFn(EmitOutcomes):
     def __init__(self, source: str, parse: FileParser, max_file_bytes: int, keep_texts: bool,
                  fallback_encoding: str | None):
         super().__init__(source)
@@ -814,11 +879,17 @@ class ReadWholeFiles(beam.PTransform):
 
     def expand(self, root):
         read = (root
-                | "Units" >> beam.Create(self.units)
+                | "Units" >> CreateUnits(self.units)
                 | "ReadFiles" >> beam.ParDo(_ReadWholeFn(self.source, self.parse, self.max_file_bytes,
                                                          self.keep_texts, self.fallback_encoding)
                                             ).with_outputs(REJECT, main=PAIR))
-        return _split_result(read)
+        return split_result(read)
+
+    def run_local(self) -> Iterator[Outcome]:
+        """The same outcomes in this process, without Beam (tests, debugging)."""
+        for unit in self.units:
+            yield from read_whole_unit(unit, self.source, self.parse, max_file_bytes=self.max_file_bytes,
+                                       keep_texts=self.keep_texts, fallback_encoding=self.fallback_encoding)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -843,20 +914,13 @@ class Combine(beam.PTransform):
         return {"pairs": pairs | "FlattenPairs" >> beam.Flatten(),
                 "rejects": rejects | "FlattenRejects" >> beam.Flatten()}
 
+    def run_local(self) -> Iterator[Outcome]:
+        for _label, transform in self.parts:
+            yield from transform.run_local()
+
 
 def combine(parts: list[tuple[str, beam.PTransform]]) -> beam.PTransform:
     return parts[0][1] if len(parts) == 1 else Combine(parts)
-
-
-@dataclass
-class InputPlan:
-    """Files sorted into what each reader gets, and the documentation files left out."""
-
-    groups: dict[str, list[FileUnit]] = field(default_factory=dict)
-    skipped: list[str] = field(default_factory=list)
-
-    def add(self, group: str, units: list[FileUnit]) -> None:
-        self.groups.setdefault(group, []).extend(units)
 
 
 def note_skipped(context, skipped: list[str]) -> None:

@@ -25,6 +25,7 @@ from pydantic import Field
 
 from pipelines.records import make_input_reject, new_pair
 from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
+from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources.text import html_to_text, parse_tags
 
 SOURCE_NAME = "stackexchange"
@@ -51,6 +52,9 @@ class StackExchangeSourceConfig(SourceSection):
     duplicate_text: str = Field("title", pattern="^(title|title_body)$")
     # Rows longer than this (bytes, escaped XML) are rejected unparsed: bounds memory per row.
     max_row_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    # Plain Posts.xml files larger than this are read as byte ranges in parallel (rows never straddle: a row
+    # belongs to the range holding its first byte).
+    split_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     # Sites to download when --input is absent, and where from ({site} is replaced).
     sites: list[str] = Field(default_factory=lambda: ["cardano.stackexchange.com"])
     url_template: str = "https://archive.org/download/stackexchange/{site}.7z"
@@ -253,11 +257,19 @@ class _ParsePostsLine(beam.DoFn):
         self.bad_rows = Metrics.counter("read", f"stackexchange_{line_kind}_rejected_rows")
 
     def process(self, element):
-        uri, raw = element
+        uri, raw, problem = element
         name = self.names.get(uri) or self.names.get(os.path.abspath(uri)) or os.path.basename(uri)
         site = site_of(name)
-        text, decode_error = decode_text(raw)
         provenance = {"record": f"{site}/{name.rsplit('/', 1)[-1]}", "input": name, "site": site}
+        if problem is not None:
+            # An over-long row (kept only as a prefix) or a truncated/corrupt compressed stream.
+            self.bad_rows.inc()
+            yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance,
+                reason="row_too_large" if problem == "oversized_line" else problem,
+                raw=raw[:200].decode("utf-8", "replace")))
+            return
+        text, decode_error = decode_text(raw)
         if decode_error:
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
@@ -292,8 +304,9 @@ class _ReadArchive(beam.DoFn):
     "../../etc/passwd" member name cannot write outside the temp folder); other members are not extracted.
     """
 
-    def __init__(self, wanted: str):
+    def __init__(self, wanted: str, max_row_bytes: int):
         self.wanted = wanted  # "Posts.xml" or "PostLinks.xml"
+        self.max_row_bytes = max_row_bytes
 
     def process(self, archive_uri: str) -> Iterator[tuple[str, bytes]]:
         import py7zr
@@ -309,6 +322,14 @@ class _ReadArchive(beam.DoFn):
                 with py7zr.SevenZipFile(local_archive, mode="r") as archive:
                     members = [name for name in archive.getnames()
                                if name.replace("\\", "/").rsplit("/", 1)[-1] == self.wanted]
+                    unsafe = [name for name in members if not _safe_member_name(name)]
+                    for name in unsafe:
+                        yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                            dataset=POSTS, source=SOURCE_NAME,
+                            provenance={"record": f"{os.path.basename(archive_uri)}!{name[:200]}",
+                                        "input": os.path.basename(archive_uri)},
+                            reason="unsafe_archive_member", detail={"member": name[:300]}))
+                    members = [name for name in members if _safe_member_name(name)]
                     if not members:
                         return
                     target = os.path.join(workdir, "member.xml")
@@ -322,11 +343,16 @@ class _ReadArchive(beam.DoFn):
                 return
             if not os.path.exists(target):
                 return
-            with open(target, "rb") as handle:
-                for line in handle:
-                    yield member_name, line.rstrip(b"\n")
+            for raw in iter_lines(target, max_line_bytes=self.max_row_bytes):
+                yield member_name, raw.data, raw.problem
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _safe_member_name(name: str) -> bool:
+    """A member path that stays inside the archive's root: no absolute path, drive or ".." component."""
+    parts = name.replace("\\", "/").split("/")
+    return not name.startswith(("/", "\\")) and ":" not in parts[0] and ".." not in parts
 
 
 class _SingleFileFactory:
@@ -365,26 +391,40 @@ class _FileIO:
             self._handle.close()
 
 
-def _read_lines(pbegin, label: str, files: list[str]):
-    """Splittable line reads of plain XML files, keeping bytes (invalid UTF-8 becomes a reject, not a crash)."""
-    from apache_beam.coders import BytesCoder
-    from apache_beam.io import ReadFromTextWithFilename
+class _ReadDumpLines(beam.DoFn):
+    """A file or byte range of one -> (uri, raw line bytes, problem). Lines longer than the row bound come back
+    as a prefix with problem "oversized_line", never held whole in memory."""
 
-    reads = []
-    for index, uri in enumerate(files):
-        reads.append(pbegin | f"{label}Read{index}" >> ReadFromTextWithFilename(
-            uri, coder=BytesCoder(), validate=False, strip_trailing_newlines=True))
-    if not reads:
-        return pbegin | f"{label}None" >> beam.Create([])
-    if len(reads) == 1:
-        return reads[0]
-    return tuple(reads) | f"{label}Merge" >> beam.Flatten()
+    def __init__(self, max_row_bytes: int):
+        self.max_row_bytes = max_row_bytes
+
+    def process(self, unit: FileUnit):
+        for raw in iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
+                              max_line_bytes=self.max_row_bytes):
+            yield unit.uri, raw.data, raw.problem
 
 
-def _read_archives(pbegin, label: str, archives: list[str], wanted: str):
+def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig"):
+    """Reads of plain (or gzip) dump files, split into byte ranges so one huge Posts.xml is read in parallel.
+
+    Bytes, not text: invalid UTF-8 becomes a reject, not a crash."""
+    units: list[FileUnit] = []
+    for item in files:
+        compression = compression_of(item.uri)
+        unit = FileUnit(uri=item.uri, name=item.name, fmt="xml_rows", dataset=POSTS, license="",
+                        compression=compression)
+        units.extend(plan_line_units(unit, item.size, config.split_bytes))
+    return (pbegin
+            | f"{label}Units" >> CreateUnits(units)
+            | f"{label}Spread" >> beam.Reshuffle()
+            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes)))
+
+
+def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int):
     return (pbegin
             | f"{label}Archives" >> beam.Create(archives)
-            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted)).with_outputs("rejects", main="lines"))
+            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes)).with_outputs("rejects",
+                                                                                                main="lines"))
 
 
 class ReadStackExchange(beam.PTransform):
@@ -397,8 +437,8 @@ class ReadStackExchange(beam.PTransform):
     def expand(self, pbegin):
         config = self.config
         names = {item.uri: item.name for item in self.inputs}
-        posts_files = [i.uri for i in self.inputs if i.name.rsplit("/", 1)[-1] == "Posts.xml"]
-        link_files = [i.uri for i in self.inputs if i.name.rsplit("/", 1)[-1] == "PostLinks.xml"]
+        posts_files = [i for i in self.inputs if i.name.rsplit("/", 1)[-1] in ("Posts.xml", "Posts.xml.gz")]
+        link_files = [i for i in self.inputs if i.name.rsplit("/", 1)[-1] in ("PostLinks.xml", "PostLinks.xml.gz")]
         archives = [i.uri for i in self.inputs if i.name.endswith(".7z")]
         for archive in archives:
             stem = archive.rsplit("/", 1)[-1]
@@ -406,14 +446,14 @@ class ReadStackExchange(beam.PTransform):
             names[f"{archive}!PostLinks.xml"] = f"{stem}/PostLinks.xml"
 
         reject_parts = []
-        post_lines = [_read_lines(pbegin, "Posts", posts_files)]
-        link_lines = [_read_lines(pbegin, "Links", link_files)] if config.duplicates else []
+        post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
+        link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
         if archives:
-            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml")
+            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes)
             post_lines.append(extracted.lines)
             reject_parts.append(extracted.rejects)
             if config.duplicates:
-                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml")
+                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes)
                 link_lines.append(extracted_links.lines)
                 reject_parts.append(extracted_links.rejects)
 
@@ -505,9 +545,9 @@ class ReadStackExchange(beam.PTransform):
 
 
 def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, context: RunContext):
-    usable = [i for i in inputs if i.name.rsplit("/", 1)[-1] in ("Posts.xml", "PostLinks.xml")
-              or i.name.endswith(".7z")]
-    if not any(i.name.rsplit("/", 1)[-1] == "Posts.xml" or i.name.endswith(".7z") for i in usable):
+    dump_files = ("Posts.xml", "PostLinks.xml", "Posts.xml.gz", "PostLinks.xml.gz")
+    usable = [i for i in inputs if i.name.rsplit("/", 1)[-1] in dump_files or i.name.endswith(".7z")]
+    if not any(i.name.rsplit("/", 1)[-1].startswith("Posts.xml") or i.name.endswith(".7z") for i in usable):
         raise InputError("no Posts.xml or site .7z archive among the inputs: pass a site dump folder, "
                          "its .7z, or a glob of them")
     return ReadStackExchange(usable, source_config, context)

@@ -147,7 +147,10 @@ class LocalStore(ReleaseStore):
                     # link() fails if the name exists: an atomic create-if-absent on POSIX filesystems.
                     os.link(handle.name, target)
                 except FileExistsError:
-                    raise AlreadyExists(f"{self.uri_for(key)} already exists") from None
+                    # The very same bytes already there are not a conflict (as in S3Store, where a retried
+                    # commit meets its own first attempt); anything else is never replaced.
+                    if not self._unchanged(target, len(data), digest):
+                        raise AlreadyExists(f"{self.uri_for(key)} already exists") from None
             else:
                 os.replace(handle.name, target)
         finally:
@@ -173,7 +176,8 @@ class LocalStore(ReleaseStore):
                 try:
                     os.link(handle.name, target)
                 except FileExistsError:
-                    raise AlreadyExists(f"{self.uri_for(key)} already exists") from None
+                    if not self._unchanged(target, os.path.getsize(handle.name), sha256_file(handle.name)):
+                        raise AlreadyExists(f"{self.uri_for(key)} already exists") from None
             else:
                 os.replace(handle.name, target)
         finally:
