@@ -554,12 +554,22 @@ def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, cont
 
 
 def default_inputs(source_config: StackExchangeSourceConfig, download_config) -> list[str]:
+    """Download each configured site's SITE.7z into the cache (resumed, reused) and return the paths.
+
+    The cache names files by URL hash; a link named SITE.7z beside them keeps the site name (and so the
+    provenance and ids) independent of where the cache lives."""
     from sources.download import fetch
 
     paths = []
     for site in source_config.sites:
         url = source_config.url_template.format(site=site)
-        paths.append(fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s))
+        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s)
+        named = os.path.join(os.path.expanduser(download_config.cache_dir), "stackexchange", f"{site}.7z")
+        os.makedirs(os.path.dirname(named), exist_ok=True)
+        if os.path.islink(named) or os.path.exists(named):
+            os.unlink(named)
+        os.symlink(os.path.abspath(cached), named)
+        paths.append(named)
     return paths
 
 

@@ -255,3 +255,50 @@ def test_posts_split_into_byte_ranges_give_the_same_release(shared_data, tmp_pat
         shards = sorted((out / "data" / dataset).glob("shard-*.jsonl.gz"))
         reference = sorted((cardano_release / "data" / dataset).glob("shard-*.jsonl.gz"))
         assert [p.read_bytes() for p in shards] == [p.read_bytes() for p in reference]
+
+
+def test_without_input_the_site_dump_is_downloaded_and_cached(shared_data, tmp_path, cardano_release):
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+    site = shared_data / "stackexchange" / "cardano.stackexchange.com"
+    with py7zr.SevenZipFile(served / "cardano.stackexchange.com.7z", "w") as seven_zip:
+        seven_zip.write(site / "Posts.xml", "Posts.xml")
+        seven_zip.write(site / "PostLinks.xml", "PostLinks.xml")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        template = f"http://127.0.0.1:{server.server_address[1]}/{{site}}.7z"
+        cache = tmp_path / "cache"
+        out = tmp_path / "downloaded"
+        assert run_build("--source", "stackexchange", "--output", str(out), "--set", f"source.url_template={template}",
+                         "--set", f"download.cache_dir={cache}", *FAST) == 0
+    finally:
+        server.shutdown()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [item["name"] for item in manifest["inputs"]] == ["cardano.stackexchange.com.7z"]
+    for dataset in ("stackexchange_title_body", "stackexchange_question_answer"):
+        assert ({r["id"] for r in release_rows(out, dataset)}
+                == {r["id"] for r in release_rows(cardano_release, dataset)})
+    # The server is gone: a second build reuses the cached dump.
+    again = tmp_path / "again"
+    assert run_build("--source", "stackexchange", "--output", str(again), "--set", f"source.url_template={template}",
+                     "--set", f"download.cache_dir={cache}", *FAST) == 0
+
+
+def test_without_input_and_network_one_line_says_pass_input(tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.build", "--source", "stackexchange", "--output", str(tmp_path / "o"),
+         "--set", "source.url_template=http://127.0.0.1:9/{site}.7z", "--set", f"download.cache_dir={tmp_path}"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "pass --input" in lines[0]
