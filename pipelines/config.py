@@ -59,21 +59,34 @@ class MinHashConfig(Section):
     shingle: Literal["word", "char"] = "word"
     ngram: int = Field(5, ge=1, le=64)
     num_perm: int = Field(128, ge=8, le=1024)
-    seed: int = 1
+    # numpy's RandomState(seed) draws the permutations, as datasketch does: 0 <= seed < 2^32.
+    seed: int = Field(1, ge=0, lt=2**32)
+    # Permutations as datasketch >= 2.0 draws them by default ("affine32"), or as datasketch < 2.0 did
+    # ("legacy"). Token hash: datasketch's default sha1_hash32, or xxhash's xxh32 (faster; pass
+    # hashfunc=xxhash.xxh32_intdigest to datasketch).
+    scheme: Literal["affine32", "legacy"] = "affine32"
+    token_hash: Literal["sha1", "xxh32"] = "sha1"
     threshold: float = Field(0.8, gt=0.0, le=1.0)
     # Set both to fix the banding; leave null to derive them from the threshold (weighted towards recall).
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
     false_positive_weight: float = Field(0.1, ge=0.0, le=1.0)
     false_negative_weight: float = Field(0.9, ge=0.0, le=1.0)
+    # An LSH bucket with at most this many members links all its pairs; a larger (hot) bucket links each
+    # member to its smallest id only (linear, no all-pairs blow-up on templated text).
+    bucket_all_pairs_max: int = Field(8, ge=2, le=64)
     # "signature": verify candidate edges by the signature Jaccard estimate; "exact": by Jaccard on shingles.
     verify: Literal["signature", "exact"] = "signature"
     survivor: Literal["longest_document", "smallest_id"] = "longest_document"
     # Components larger than this are reported and left whole (not deduplicated) rather than trusted.
     max_component_size: int = Field(10_000, ge=2)
     # Up to this many verified edges, components are found by a union-find in one worker; beyond, by
-    # iterative distributed label propagation.
-    local_union_find_max_edges: int = Field(5_000_000, ge=0)
+    # iterative distributed rounds (large-star/small-star). The one-worker forest travels as one element
+    # (~2 nodes per edge, ~100 bytes a node): 1M edges is ~200 MB, safe for a Dataflow worker.
+    local_union_find_max_edges: int = Field(1_000_000, ge=0)
+    # Large-star/small-star rounds of the distributed method; what they leave unmerged is finished by a
+    # union-find in one worker.
+    distributed_rounds: int = Field(6, ge=1, le=64)
     min_shingles: int = Field(1, ge=0)
 
     @model_validator(mode="after")
@@ -99,6 +112,8 @@ class EmbeddingConfig(Section):
     device: str = "cpu"
     # Vectors stored as float16 in shuffles to halve their size.
     shuffle_dtype: Literal["float32", "float16"] = "float16"
+    # backend onnx: where each worker keeps the model exported to ONNX (once per weights hash).
+    onnx_cache_dir: str = "~/.cache/pair-curation/onnx"
 
 
 class ConsistencyConfig(Section):
