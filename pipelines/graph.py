@@ -15,6 +15,7 @@ import apache_beam as beam
 from pipelines.config import PipelineConfig
 from pipelines.records import SKIPPABLE_STAGES
 from pipelines.release import card, manifest as manifest_lib
+from pipelines.release.stats import ReleaseStats
 from pipelines.release.store import AlreadyExists, open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
                                       summarize_rejects)
@@ -79,7 +80,7 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples):
+                samples, stats):
         store = open_store(self.output_uri)
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
         funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
@@ -88,7 +89,7 @@ class _Finalize(beam.DoFn):
         draft = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
                                             files=files)
-        report_html = _render_report(draft, samples)
+        report_html = _render_report(draft, samples, stats, self.license_id, self.attribution)
         if report_html is not None:
             report_bytes = report_html.encode("utf-8")
             store.put_bytes("report.html", report_bytes, content_type="text/html; charset=utf-8")
@@ -118,12 +119,13 @@ class _Finalize(beam.DoFn):
         yield final
 
 
-def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]]) -> str | None:
+def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
+                   license_id: str, attribution: str) -> str | None:
     try:
         from pipelines.report import render_report
     except ImportError:
         return None
-    return render_report(draft_manifest, samples)
+    return render_report(draft_manifest, samples, stats, license_id=license_id, attribution=attribution)
 
 
 def _count_by(pcoll, label: str, key_fn):
@@ -160,6 +162,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                      | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
     stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()
     samples = _samples(pairs, rejects)
+    stats = (pairs, rejects) | "Stats" >> ReleaseStats()
 
     finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,
                          plan.source.license_id, release.attribution or plan.source.attribution,
@@ -173,7 +176,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 dataset_summaries=beam.pvalue.AsList(dataset_summaries),
                 reject_summaries=beam.pvalue.AsList(reject_summaries),
                 stage_reports=beam.pvalue.AsList(stage_reports),
-                samples=beam.pvalue.AsList(samples)))
+                samples=beam.pvalue.AsList(samples),
+                stats=beam.pvalue.AsList(stats)))
 
 
 SAMPLES_PER_GROUP = 5
