@@ -118,6 +118,22 @@ def _safe_key(key: str) -> str:
     return key
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Release files are for sharing: the usual 0644 (under the umask), not the 0600 of a temp file.
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def _temp_beside(target: Path):
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
+    os.chmod(handle.name, _FILE_MODE)
+    return handle
+
+
 class LocalStore(ReleaseStore):
     """A release folder on a local (or mounted) disk. Writes are atomic: temp file, then rename."""
 
@@ -138,7 +154,7 @@ class LocalStore(ReleaseStore):
         if skip_if_unchanged and not if_none_match and self._unchanged(target, len(data), digest):
             return ObjectInfo(key=key, size=len(data), sha256=digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
+        handle = _temp_beside(target)
         try:
             with handle:
                 handle.write(data)
@@ -166,7 +182,7 @@ class LocalStore(ReleaseStore):
             if self._unchanged(target, os.path.getsize(path), digest):
                 return ObjectInfo(key=key, size=target.stat().st_size, sha256=digest)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False)
+        handle = _temp_beside(target)
         handle.close()
         try:
             with open(path, "rb") as src, open(handle.name, "wb") as dst:
