@@ -11,8 +11,19 @@ folder would read them). Each failing object is named once, with the first thing
 parsed in full; every other object is only checked to exist with the listed size (and, on S3, the sha256
 kept in its metadata), and the small index files are always checked in full.
 
-Exit status: 0 when everything checked is right, 1 when something is wrong (one line per failing object),
-2 when the release cannot be read at all (bad URI, credentials, missing bucket).
+``--rebuild`` also reproduces the release: the inputs the manifest lists are found (``--input URI ...``, as for
+the build, or else where the release's run record ``runs/run-*.json`` says they were read), each is checked
+against the manifest's sha256 first, then the build runs again in a subprocess, into a temporary
+folder, with the manifest's source, configuration and skipped stages; every shard, index, rejects file, card
+and report it writes is compared by sha256 with the manifest, and so are the manifest's other sections. Only
+the same project commit is expected to give byte-identical files: a different one is warned about. Arguments
+that verify does not know are passed to the build (Beam options: ``--direct_num_workers 2``). The rebuild
+runs the recorded configuration, which may name local paths (the embedding model): rebuild a release from
+someone else only after reading its manifest.
+
+Exit status: 0 when everything checked is right, 1 when something is wrong (one line per failing object,
+input or rebuilt file), 2 when the release cannot be read at all (bad URI, credentials, missing bucket) or the
+rebuild cannot run (inputs not found, the build failing).
 """
 
 from __future__ import annotations
@@ -21,9 +32,13 @@ import argparse
 import gzip
 import hashlib
 import json
+import os
 import random
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -445,6 +460,219 @@ class ReleaseVerifier:
         return self.report
 
 
+# -- --rebuild: the same build again, from the recorded inputs and configuration --------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RUN_RECORD_PREFIX = "runs/"
+
+
+class RebuildError(Exception):
+    """The rebuild cannot run (inputs not found, a manifest it cannot use, the build failing): one line."""
+
+
+def _safe_input_name(name: Any) -> str:
+    """An input name from the manifest becomes a path under the staging folder: it must stay inside it."""
+    if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name \
+            or any(part in ("", ".", "..") for part in name.split("/")):
+        raise RebuildError(f"manifest.json lists an input named {name!r}, which is not a relative path")
+    return name
+
+
+def _manifest_inputs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    inputs = manifest.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise RebuildError("manifest.json lists no inputs: nothing to rebuild from")
+    for entry in inputs:
+        if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str) \
+                or not isinstance(entry.get("bytes"), int):
+            raise RebuildError(f"manifest.json has an input entry without name, bytes and sha256: {entry!r:.200}")
+        _safe_input_name(entry.get("name"))
+    return inputs
+
+
+def recorded_input_uris(store: ReleaseStore) -> dict[str, str]:
+    """Input name -> the URI it was read from, from the release's run records (the newest record wins)."""
+    uris: dict[str, str] = {}
+    for key in sorted(store.list_keys(RUN_RECORD_PREFIX), reverse=True):
+        if not re.fullmatch(r"runs/run-[0-9TZ]+\.json", key):
+            continue
+        try:
+            record = json.loads(store.get_bytes(key))
+        except (StoreError, ValueError):
+            continue
+        for entry in record.get("inputs", []) if isinstance(record, dict) else []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str) and isinstance(entry.get("uri"), str):
+                uris.setdefault(entry["name"], entry["uri"])
+    return uris
+
+
+def _path_suffix(longer: str, shorter: str) -> bool:
+    return longer == shorter or longer.endswith("/" + shorter)
+
+
+def locate_inputs(names: list[str], store: ReleaseStore, overrides: list[str]) -> dict[str, str]:
+    """Input name -> URI to read it from: ``overrides`` (files, folders, globs, matched by name or by the end
+    of their path), or else the run records. RebuildError names the first input that cannot be found."""
+    from sources.base import InputError, expand_inputs
+
+    located: dict[str, str] = {}
+    if overrides:
+        try:
+            files = expand_inputs(overrides)
+        except InputError as error:
+            raise RebuildError(str(error)) from None
+        for name in names:
+            exact = [item.uri for item in files if item.name == name]
+            near = [item.uri for item in files if _path_suffix(item.name, name) or _path_suffix(name, item.name)]
+            found = exact or near
+            if len(found) > 1:
+                raise RebuildError(f"input {name}: several --input files could be it ({', '.join(found[:3])})")
+            if not found:
+                raise RebuildError(f"input {name} is not among the --input files")
+            located[name] = found[0]
+        return located
+    recorded = recorded_input_uris(store)
+    for name in names:
+        uri = recorded.get(name)
+        if uri is None:
+            raise RebuildError(f"input {name}: no run record says where it was read; pass --input URI")
+        if "://" not in uri and not os.path.isfile(uri):
+            raise RebuildError(f"input {name}: not found at {uri} (where it was read); pass --input URI")
+        located[name] = uri
+    return located
+
+
+def check_inputs(inputs: list[dict[str, Any]], located: dict[str, str]) -> list[str]:
+    """One line per input whose sha256 differs from the manifest's (each is read once)."""
+    from sources.base import sha256_uri
+
+    problems = []
+    for entry in inputs:
+        name, uri = entry["name"], located[entry["name"]]
+        try:
+            digest = sha256_uri(uri)
+        except Exception as error:  # Beam wraps filesystem failures in its own types
+            raise RebuildError(f"input {name}: cannot read {uri}: {str(error).splitlines()[0][:200]}") from None
+        if digest != entry["sha256"]:
+            problems.append(f"input {name} ({uri}): sha256 {digest}, manifest says {entry['sha256']}")
+    return problems
+
+
+def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
+    """--input arguments that give every input its recorded name. A local file is linked into a tree that
+    mirrors its name (the build names a file by its path below the folder it was given); a remote one is passed
+    as it is (the build names it by its base name)."""
+    arguments: list[str] = []
+    for name, uri in sorted(located.items()):
+        if "://" in uri and not uri.startswith("file://"):
+            arguments.append(uri)
+            continue
+        link = folder / _safe_input_name(name)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
+        top = str(folder / name.split("/", 1)[0])
+        if top not in arguments:
+            arguments.append(top)
+    return arguments
+
+
+def _object_entries(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every object a manifest vouches for (shards, indexes, rejects, card, report) -> its entry."""
+    entries: dict[str, dict[str, Any]] = {}
+    for dataset in (manifest.get("datasets") or {}).values():
+        for entry in dataset.get("shards", []) + [dataset.get("counts"), dataset.get("offsets")]:
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                entries[entry["key"]] = entry
+    for rejects in (manifest.get("rejects") or {}).values():
+        for entry in rejects.get("shards", []):
+            if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+                entries[entry["key"]] = entry
+    for entry in manifest.get("files") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("key"), str):
+            entries[entry["key"]] = entry
+    return entries
+
+
+def compare_rebuild(manifest: dict[str, Any], rebuilt: Path) -> list[str]:
+    """Differences between a manifest and the release rebuilt in the folder ``rebuilt``, one line each: every
+    object by the sha256 of the rebuilt file, then each manifest section (the project section aside)."""
+    from pipelines.release.store import sha256_file
+
+    rebuilt_manifest = json.loads((rebuilt / MANIFEST_KEY).read_bytes())
+    expected, produced = _object_entries(manifest), _object_entries(rebuilt_manifest)
+    lines = []
+    for key in sorted(set(expected) | set(produced)):
+        if key not in produced:
+            lines.append(f"{key}: in the manifest, not produced by the rebuild")
+        elif key not in expected:
+            lines.append(f"{key}: produced by the rebuild, not in the manifest")
+        else:
+            digest, listed = sha256_file(rebuilt / key), expected[key].get("sha256")
+            if digest != listed:
+                lines.append(f"{key}: the rebuild gives sha256 {digest}, the manifest says {listed}")
+    for section in sorted((set(manifest) | set(rebuilt_manifest)) - {"project"}):
+        if manifest.get(section) != rebuilt_manifest.get(section):
+            lines.append(f"{MANIFEST_KEY}: section {section!r} differs from the rebuild's")
+    return lines
+
+
+def _commit_warning(manifest: dict[str, Any]) -> str | None:
+    from pipelines.build import project_identity
+
+    built = (manifest.get("project") or {}).get("commit")
+    here = project_identity()["commit"]
+    if built != here:
+        return (f"warning: the release was built at commit {built}, this checkout is at {here}: differences may "
+                "come from the code, not the data")
+    return None
+
+
+def rebuild_release(store: ReleaseStore, *, overrides: list[str] | None = None, beam_args: list[str] | None = None,
+                    workdir: Path | None = None, log=print) -> list[str]:
+    """Rebuilds a release from its recorded inputs and configuration; returns the differences, one line each
+    (inputs that changed are named and nothing is built). Raises RebuildError when it cannot run."""
+    import yaml
+
+    try:
+        manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+    except (StoreError, ValueError) as error:
+        raise RebuildError(f"cannot read {MANIFEST_KEY}: {error}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("source"), str) \
+            or not isinstance(manifest.get("config"), dict):
+        raise RebuildError(f"{MANIFEST_KEY} lacks the source or configuration to rebuild from")
+    inputs = _manifest_inputs(manifest)
+    located = locate_inputs([entry["name"] for entry in inputs], store, list(overrides or []))
+    changed = check_inputs(inputs, located)
+    if changed:
+        return changed
+    warning = _commit_warning(manifest)
+    if warning:
+        log(warning)
+
+    keep = workdir is not None
+    if keep and workdir.exists() and any(workdir.iterdir()):
+        raise RebuildError(f"--rebuild-dir {workdir} is not empty")
+    folder = Path(workdir) if keep else Path(tempfile.mkdtemp(prefix="pair-curation-rebuild-"))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        config_path = folder / "config.yaml"
+        config_path.write_text(yaml.safe_dump(manifest["config"], sort_keys=True), encoding="utf-8")
+        skips = [part for stage in manifest.get("skipped_stages") or [] for part in ("--skip", str(stage))]
+        command = [sys.executable, "-m", "pipelines.build", "--source", manifest["source"],
+                   "--config", str(config_path), "--output", str(folder / "release"), *skips,
+                   *[f"--input={argument}" for argument in stage_inputs(located, folder / "inputs")],
+                   *(beam_args or [])]
+        log(f"rebuilding {manifest['source']} from {len(inputs)} input(s) into {folder / 'release'}")
+        # The build's own messages go to stderr as they come (a large rebuild takes as long as the build).
+        result = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            raise RebuildError(f"the rebuild failed (build exit status {result.returncode}; its error is above)")
+        return compare_rebuild(manifest, folder / "release")
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def verify_release(uri: str, sample: int | None = None, seed: int | None = None) -> list[str]:
     """Failure lines (``KEY: first reason``), one per failing object; empty when the release checks out.
 
@@ -461,7 +689,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="fully re-check only N randomly picked shards (the rest: presence and size)")
     parser.add_argument("--seed", type=int, help="seed for --sample's pick, to repeat a spot check")
     parser.add_argument("--workers", type=int, default=4, help="shards checked at once (default 4)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--rebuild", action="store_true",
+                        help="also build the release again from its recorded inputs and configuration and compare "
+                             "every file's sha256 with the manifest")
+    parser.add_argument("--input", action="append", default=[], metavar="URI",
+                        help="with --rebuild: where the inputs are (files, folders, globs; matched to the "
+                             "manifest's input names); default: where the run record says they were read")
+    parser.add_argument("--rebuild-dir", metavar="DIR", type=Path,
+                        help="with --rebuild: build into this empty folder and keep it (default: a temporary one)")
+    args, beam_args = parser.parse_known_args(argv)
+    if beam_args and not args.rebuild:
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if (args.input or args.rebuild_dir) and not args.rebuild:
+        parser.error("--input and --rebuild-dir go with --rebuild")
     if args.sample is not None and args.sample < 0:
         parser.error("--sample must be 0 or more")
     try:
@@ -472,11 +712,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in report.lines():
         print(f"FAIL {store.uri_for(line)}")
+    rebuild_lines: list[str] = []
+    if args.rebuild and MANIFEST_KEY not in report.failures:
+        try:
+            rebuild_lines = rebuild_release(store, overrides=args.input, beam_args=beam_args,
+                                            workdir=args.rebuild_dir, log=lambda line: print(line, file=sys.stderr))
+        except (RebuildError, StoreError) as error:
+            print(f"error: rebuild: {error}", file=sys.stderr)
+            return 2
+        for line in rebuild_lines:
+            print(f"FAIL rebuild: {line}")
     if report.failures:
         print(f"{store.uri}: {len(report.failures)} object(s) failed verification", file=sys.stderr)
+    if rebuild_lines:
+        print(f"{store.uri}: {len(rebuild_lines)} difference(s) from the rebuild", file=sys.stderr)
+    if report.failures or rebuild_lines:
         return 1
     scope = "" if args.sample is None else f" (spot check: {report.objects_hashed} object(s) re-hashed)"
-    print(f"OK {store.uri}: {report.objects_checked} objects, {report.rows_checked} rows checked{scope}")
+    rebuilt = "; the rebuild gives the same files" if args.rebuild else ""
+    print(f"OK {store.uri}: {report.objects_checked} objects, {report.rows_checked} rows checked{scope}{rebuilt}")
     return 0
 
 

@@ -21,9 +21,13 @@ from __future__ import annotations
 import ast
 import csv
 import fnmatch
+import io
+import itertools
 import json
 import logging
 import pickle
+import re
+import tokenize
 import zlib
 from collections import deque
 from dataclasses import dataclass, replace
@@ -346,6 +350,33 @@ def raw_preview(data: bytes) -> str:
 # --------------------------------------------------------------------------------------------------------------
 # Records and fields.
 
+# "\ud800" escapes decode to surrogate code points, which are not characters: no UTF-8 encoder (Beam's coders
+# included) accepts them. Only rows with such an escape are looked at again.
+_SURROGATE_ESCAPE = re.compile(r"\\(?:u[dD][89a-fA-F]|U0000[dD][89a-fA-F])")
+
+
+def _join_surrogates(value: Any) -> Any:
+    """value with escaped surrogate pairs joined into their characters; UnicodeDecodeError for a lone one."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16") if has_surrogates(value) else value
+    if isinstance(value, dict):
+        return {_join_surrogates(key): _join_surrogates(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(_join_surrogates(item) for item in value)
+    return value
+
+
+def _checked_unicode(value: Any, text: str, kind: str) -> tuple[Any, str | None]:
+    if not _SURROGATE_ESCAPE.search(text):
+        return value, None
+    try:
+        return _join_surrogates(value), None
+    except UnicodeDecodeError:
+        return None, f"invalid {kind}: an escape encodes a lone surrogate (not a character)"
+    except RecursionError:
+        return None, f"invalid {kind}: too deeply nested"
+
+
 def parse_json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
     """One JSON-lines row -> (object, None) or (None, why it is malformed)."""
     try:
@@ -354,18 +385,39 @@ def parse_json_object(text: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, f"invalid JSON: {str(exc)[:200]}"
     if not isinstance(value, dict):
         return None, f"not a JSON object (a {type(value).__name__})"
-    return value, None
+    return _checked_unicode(value, text, "JSON")
+
+
+# ast.literal_eval builds a syntax tree first: ~500 bytes per token, so a 4 MiB line of "1,1,1,..." would take
+# ~2 GB. Lines longer than this are tokenized first and refused beyond the token bound (~50 MB of tree).
+_LITERAL_CHECK_CHARS = 64 * 1024
+_LITERAL_MAX_TOKENS = 100_000
+
+
+def _literal_tokens_exceed(text: str, limit: int) -> bool:
+    """Whether the Python tokenizer finds more than ``limit`` tokens in text (stops counting there)."""
+    count = 0
+    try:
+        for _token in tokenize.generate_tokens(io.StringIO(text).readline):
+            count += 1
+            if count > limit:
+                return True
+    except (tokenize.TokenError, SyntaxError):
+        pass  # a syntax error after fewer tokens: literal_eval stops there too and says what it is
+    return False
 
 
 def parse_python_literal(text: str) -> tuple[dict[str, Any] | None, str | None]:
     """A row written as a Python dict literal (McAuley's loose JSON), parsed safely: literals only, never eval."""
+    if len(text) > _LITERAL_CHECK_CHARS and _literal_tokens_exceed(text, _LITERAL_MAX_TOKENS):
+        return None, f"invalid Python literal: more than {_LITERAL_MAX_TOKENS} tokens"
     try:
         value = ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as exc:
         return None, f"invalid Python literal: {type(exc).__name__}: {str(exc)[:200]}"
     if not isinstance(value, dict):
         return None, f"not a dict literal (a {type(value).__name__})"
-    return value, None
+    return _checked_unicode(value, text, "Python literal")
 
 
 def parse_record(text: str) -> tuple[dict[str, Any] | None, str | None]:
@@ -678,6 +730,10 @@ class CsvRow:
 CsvParser = Callable[[CsvRow, Emitter], Iterable[Outcome]]
 
 
+class _RecordTooLong(Exception):
+    """Raised inside the CSV feed: the record being parsed has grown past max_line_bytes."""
+
+
 def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: str = ",", skip_header: bool = False,
                   max_line_bytes: int = 4 * MiB, max_field_chars: int = 200_000,
                   keep_texts: bool = True, rows_counter=None) -> Iterator[Outcome]:
@@ -689,23 +745,34 @@ def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: s
     emitter = Emitter(unit, source, keep_texts)
     problems: list[RawLine] = []
     fed_lines: deque[int] = deque()  # physical line numbers of the lines fed and not yet consumed
+    record_bytes = [0]  # bytes of those lines (one record: the csv module never reads ahead)
+    held: list[RawLine] = []  # the line that would have made a record too long: it starts the next one
+    lines = iter_lines(unit.uri, compression=unit.compression, max_line_bytes=max_line_bytes)
 
-    def feed() -> Iterator[str]:
-        for raw in iter_lines(unit.uri, compression=unit.compression, max_line_bytes=max_line_bytes):
+    def feed(source_lines: Iterable[RawLine]) -> Iterator[str]:
+        for raw in source_lines:
             if raw.problem is not None:
                 problems.append(raw)
                 continue
             data = raw.data[:-1] if raw.data.endswith(b"\r") else raw.data
             if raw.line == 1 and data.startswith(b"\xef\xbb\xbf"):
                 data = data[3:]
+            if fed_lines and record_bytes[0] + len(data) + 1 > max_line_bytes:
+                # Many small quoted fields with newlines escape the field bound: bound the record too.
+                held.append(raw)
+                raise _RecordTooLong
             fed_lines.append(raw.line)
+            record_bytes[0] += len(data) + 1
             yield data.decode("utf-8", "surrogateescape") + "\n"
+
+    def new_reader(source_lines: Iterable[RawLine]):
+        return csv.reader(feed(source_lines), delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
 
     # The csv module bounds each field (a runaway quote must not swallow the file into memory).
     previous_limit = csv.field_size_limit()
     csv.field_size_limit(max_field_chars)
     try:
-        reader = csv.reader(feed(), delimiter=delimiter, quotechar='"', doublequote=True, strict=False)
+        reader = new_reader(lines)
         consumed = 0
         header_pending = skip_header
         while True:
@@ -716,9 +783,24 @@ def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: s
                 break
             except csv.Error as exc:
                 fields, error = None, str(exc)
+            except _RecordTooLong:
+                # The lines read so far leave as one reject; parsing starts afresh at the held line.
+                first, last = fed_lines[0], fed_lines[-1]
+                detail = {"bytes": record_bytes[0], "limit": max_line_bytes, "lines": [first, last],
+                          "error": "a quoted record runs past the limit"}
+                fed_lines.clear()
+                record_bytes[0] = 0
+                restart = list(held)
+                held.clear()
+                reader, consumed, header_pending = new_reader(itertools.chain(restart, lines)), 0, False
+                if rows_counter is not None:
+                    rows_counter.inc()
+                yield emitter.reject("oversized_line", record=f"{unit.name}:{first}", detail=detail)
+                continue
             taken = reader.line_num - consumed
             consumed = reader.line_num
             line_numbers = [fed_lines.popleft() for _ in range(min(taken, len(fed_lines)))]
+            record_bytes[0] = 0
             for problem in problems:
                 yield emitter.raw_line_reject(problem, problem.problem, problem.detail)
             problems.clear()
@@ -728,8 +810,8 @@ def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: s
             if header_pending:
                 header_pending = False
                 continue
-            if fields is not None and not any(fields) and first == last:
-                continue  # a blank line is not a record
+            if fields == []:
+                continue  # a blank line is not a record (a line of empty fields is: it leaves as a reject)
             if rows_counter is not None:
                 rows_counter.inc()
             if error is not None:
