@@ -164,6 +164,8 @@ class ReleaseConfig(Section):
 class DownloadConfig(Section):
     cache_dir: str = "~/.cache/pair-curation"
     timeout_s: float = Field(60.0, gt=0)
+    # A downloaded zip/tar whose members add up to more than this is refused (zip and tar bombs).
+    max_extracted_bytes: int = Field(64 << 30, ge=1)
 
 
 class PipelineConfig(Section):

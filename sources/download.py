@@ -197,11 +197,13 @@ def is_archive(path: str) -> bool:
     return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
 
 
-def extract(archive: str, cache_dir: str | None = None) -> str:
+def extract(archive: str, cache_dir: str | None = None, *, max_bytes: int = 64 << 30) -> str:
     """Unpacks a zip or tar(.gz/.bz2/.xz) archive once, next to it (or under cache_dir), and returns the folder.
 
     Members that would land outside the folder, links and device files are refused (tarfile's "data" filter;
-    zip names are checked the same way). A marker file says the extraction finished.
+    zip names are checked the same way). An archive whose members add up to more than ``max_bytes`` (a zip or
+    tar bomb) is refused before anything is written; zipfile never inflates past a member's declared size. A
+    marker file says the extraction finished.
     """
     base = os.path.basename(archive)
     parent = os.path.join(os.path.expanduser(cache_dir), "extracted") if cache_dir else os.path.dirname(archive)
@@ -216,6 +218,7 @@ def extract(archive: str, cache_dir: str | None = None) -> str:
         if zipfile.is_zipfile(archive):
             with zipfile.ZipFile(archive) as bundle:
                 root = os.path.realpath(staging)
+                _check_total(archive, sum(member.file_size for member in bundle.infolist()), max_bytes)
                 for member in bundle.infolist():
                     destination = os.path.realpath(os.path.join(staging, member.filename))
                     if not destination.startswith(root + os.sep) and destination != root:
@@ -223,6 +226,7 @@ def extract(archive: str, cache_dir: str | None = None) -> str:
                 bundle.extractall(staging)
         elif tarfile.is_tarfile(archive):
             with tarfile.open(archive) as bundle:
+                _check_total(archive, sum(member.size for member in bundle.getmembers()), max_bytes)
                 try:
                     bundle.extractall(staging, filter="data")
                 except tarfile.FilterError as exc:
@@ -242,13 +246,21 @@ def extract(archive: str, cache_dir: str | None = None) -> str:
     return target
 
 
+def _check_total(archive: str, total: int, max_bytes: int) -> None:
+    if total > max_bytes:
+        raise InputError(f"archive {archive} would unpack to {total:,} bytes, over the {max_bytes:,} byte limit "
+                         "(download.max_extracted_bytes)")
+
+
 def fetch_inputs(urls: list[str], download_config, *, extract_archives: bool = True,
                  progress: bool = True) -> list[str]:
     """The local paths (archives unpacked into folders) for a source's ``urls``; used by default_inputs."""
     cache_dir = getattr(download_config, "cache_dir", "~/.cache/pair-curation")
     timeout_s = getattr(download_config, "timeout_s", 60.0)
+    max_bytes = getattr(download_config, "max_extracted_bytes", 64 << 30)
     paths = []
     for url in urls:
         path = fetch(url, cache_dir, timeout_s=timeout_s, progress=progress)
-        paths.append(extract(path, cache_dir) if extract_archives and is_archive(path) else path)
+        paths.append(extract(path, cache_dir, max_bytes=max_bytes) if extract_archives and is_archive(path)
+                     else path)
     return paths

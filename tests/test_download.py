@@ -209,3 +209,18 @@ def test_sources_download_their_default_inputs_into_the_cache(http_server, tmp_p
         get_source("quora").default_inputs(get_source("quora").config_model(urls=[]), download)
     with pytest.raises(InputError, match="needs --input"):
         get_source("jsonl").default_inputs(get_source("jsonl").config_model(), download)
+
+
+def test_an_archive_over_the_size_bound_is_refused_before_writing(tmp_path):
+    import zipfile
+
+    from sources.base import InputError
+    from sources.download import extract
+
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
+        bundle.writestr("zeros.txt", b"\0" * 2_000_000)  # 2 MB of zeros compresses to a few kB
+    assert archive.stat().st_size < 20_000
+    with pytest.raises(InputError, match="over the 1,000,000 byte limit"):
+        extract(str(archive), str(tmp_path / "cache"), max_bytes=1_000_000)
+    assert not list((tmp_path / "cache").rglob("zeros.txt"))
