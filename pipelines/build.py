@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+from pipelines.errors import UsageError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 EPILOG = """\
@@ -35,10 +37,6 @@ Every flag not listed above is a Beam pipeline option (--runner DataflowRunner -
 S3 destinations take their endpoint and keys from the standard AWS environment variables or profile
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE), never from flags.
 """
-
-
-class UsageError(Exception):
-    """A bad command line, configuration or input: one line, exit status 2."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -213,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
+        from pipelines.translate import refuse_secret_options
+
+        # S3 keys reach workers through their environment; an option would write them into the job.
+        refuse_secret_options(beam_args)
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
     except UsageError as exc:
