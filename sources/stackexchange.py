@@ -450,11 +450,12 @@ class ReadStackExchange(beam.PTransform):
         link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
         if archives:
             extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes)
-            post_lines.append(extracted.lines)
+            # One worker unpacks an archive; spread its lines so parsing and joins run on all workers.
+            post_lines.append(extracted.lines | "PostsArchiveSpread" >> beam.Reshuffle())
             reject_parts.append(extracted.rejects)
             if config.duplicates:
                 extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes)
-                link_lines.append(extracted_links.lines)
+                link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
                 reject_parts.append(extracted_links.rejects)
 
         parsed = (post_lines | "PostLines" >> beam.Flatten()
