@@ -156,3 +156,18 @@ def test_help_explains_every_flag():
     for flag in ("--source", "--config", "--input", "--output", "--set", "--skip", "--overwrite", "examples:",
                  "DirectRunner"):
         assert flag in result.stdout
+
+
+def test_streamed_offsets_file_equals_the_offsets_document(tmp_path):
+    from pipelines.release.writer import offsets_document, write_jsonl_gz, write_offsets_gz
+
+    shards = []
+    for index, count in enumerate((3, 0, 12)):
+        rows = [{"id": f"{index:02d}{n:030d}", "text": "x" * n} for n in range(count)]
+        _, lengths = write_jsonl_gz(rows, str(tmp_path / f"s{index}.gz"), 6, release_rows=False)
+        shards.append({"key": f"data/d/shard-{index:05d}.jsonl.gz", "line_lengths": lengths.tobytes()})
+    write_offsets_gz(shards, str(tmp_path / "offsets.json.gz"), 6)
+    streamed = json.loads(gzip.decompress((tmp_path / "offsets.json.gz").read_bytes()))
+    assert streamed == offsets_document(shards)
+    assert streamed["data/d/shard-00002.jsonl.gz"]["11"][1] == sum(
+        len(json.dumps({"id": f"02{n:030d}", "text": "x" * n}, separators=(",", ":"))) + 1 for n in range(12))

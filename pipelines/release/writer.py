@@ -13,7 +13,8 @@ import json
 import math
 import os
 import tempfile
-from typing import Any, Iterable
+from array import array
+from typing import Any, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -36,22 +37,29 @@ def shard_count(rows: int, rows_per_shard: int) -> int:
 
 
 def write_jsonl_gz(rows: Iterable[dict[str, Any]], path: str, gzip_level: int, release_rows: bool
-                   ) -> tuple[int, list[list[int]]]:
+                   ) -> tuple[int, array]:
     """Write rows (already in order) as a deterministic gzip of JSON lines.
 
-    Returns (row count, per-line [start, end) offsets in the decompressed stream, the newline included,
-    as contrastors' loader reads them). Offsets are byte offsets: lines are ASCII-only.
+    Returns (row count, each line's byte length with its newline). The lengths give contrastors' per-line
+    [start, end) offsets in the decompressed stream; byte offsets, since lines are ASCII-only. They travel as a
+    compact array (4 bytes a row), not as lists, because one worker gathers a whole dataset's to write its
+    offsets file.
     """
-    offsets: list[list[int]] = []
-    position = 0
+    lengths = array("I")
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=gzip_level,
                                                 mtime=0) as compressed:
         for row in rows:
             line = (dumps_line(to_release_row(row) if release_rows else row) + "\n").encode("ascii")
             compressed.write(line)
-            offsets.append([position, position + len(line)])
-            position += len(line)
-    return len(offsets), offsets
+            lengths.append(len(line))
+    return len(lengths), lengths
+
+
+def line_offsets(lengths: array) -> Iterator[tuple[int, int]]:
+    position = 0
+    for length in lengths:
+        yield position, position + length
+        position += length
 
 
 def sha256_path(path: str) -> str:
@@ -80,7 +88,7 @@ class _WriteShard(beam.DoFn):
         handle = tempfile.NamedTemporaryFile(prefix="shard-", suffix=".jsonl.gz", delete=False)
         handle.close()
         try:
-            count, offsets = write_jsonl_gz(ordered, handle.name, self.gzip_level, release_rows=self.kind == "data")
+            count, lengths = write_jsonl_gz(ordered, handle.name, self.gzip_level, release_rows=self.kind == "data")
             size = os.path.getsize(handle.name)
             checksum = sha256_path(handle.name)
             self.store.put_file(key, handle.name, content_type=JSONL_GZ)
@@ -90,7 +98,7 @@ class _WriteShard(beam.DoFn):
         info = {"dataset": dataset, "kind": self.kind, "index": index, "key": key, "rows": count, "bytes": size,
                 "sha256": checksum}
         if self.kind == "data":
-            info["offsets"] = offsets
+            info["line_lengths"] = lengths.tobytes()
         yield info
 
 
@@ -127,13 +135,32 @@ def counts_document(shards: list[dict[str, Any]]) -> dict[str, Any]:
             "total_count": sum(s["rows"] for s in ordered)}
 
 
+def _lengths(shard: dict[str, Any]) -> array:
+    lengths = array("I")
+    lengths.frombytes(shard["line_lengths"])
+    return lengths
+
+
 def offsets_document(shards: list[dict[str, Any]]) -> dict[str, Any]:
-    return {s["key"]: {str(line): span for line, span in enumerate(s["offsets"])}
+    return {s["key"]: {str(line): list(span) for line, span in enumerate(line_offsets(_lengths(s)))}
             for s in sorted(shards, key=lambda s: s["key"])}
 
 
-def gzip_bytes(data: bytes, level: int) -> bytes:
-    return gzip.compress(data, compresslevel=level, mtime=0)
+def write_offsets_gz(shards: list[dict[str, Any]], path: str, gzip_level: int) -> None:
+    """offsets.json.gz streamed shard by shard and line by line (lines in numeric order), so a dataset of
+    100M rows never becomes one dict in memory. Parses to the same object as ``offsets_document``."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=gzip_level,
+                                                mtime=0) as compressed:
+        compressed.write(b"{")
+        for index, shard in enumerate(sorted(shards, key=lambda s: s["key"])):
+            compressed.write((("," if index else "") + json.dumps(shard["key"]) + ":{").encode("ascii"))
+            spans = (f'"{line}":[{start},{end}]' for line, (start, end) in enumerate(line_offsets(_lengths(shard))))
+            first = True
+            for span in spans:
+                compressed.write((span if first else "," + span).encode("ascii"))
+                first = False
+            compressed.write(b"}")
+        compressed.write(b"}")
 
 
 def json_bytes(obj: Any) -> bytes:
@@ -160,18 +187,24 @@ class _WriteDatasetIndex(beam.DoFn):
         dataset, shard_infos = element
         shards = sorted(shard_infos, key=lambda s: s["key"])
         counts = json_bytes(counts_document(shards))
-        offsets = gzip_bytes(json.dumps(offsets_document(shards), sort_keys=True, separators=(",", ":"))
-                             .encode("ascii"), self.gzip_level)
         counts_key = f"data/{dataset}/counts.json"
         offsets_key = f"data/{dataset}/offsets.json.gz"
         self.store.put_bytes(counts_key, counts, content_type=JSON)
-        self.store.put_bytes(offsets_key, offsets, content_type=JSON)
+        handle = tempfile.NamedTemporaryFile(prefix="offsets-", suffix=".json.gz", delete=False)
+        handle.close()
+        try:
+            write_offsets_gz(shards, handle.name, self.gzip_level)
+            offsets_entry = {"key": offsets_key, "bytes": os.path.getsize(handle.name),
+                             "sha256": sha256_path(handle.name)}
+            self.store.put_file(offsets_key, handle.name, content_type=JSON)
+        finally:
+            os.unlink(handle.name)
         yield {
             "dataset": dataset,
             "rows": sum(s["rows"] for s in shards),
             "shards": [{k: s[k] for k in ("key", "rows", "bytes", "sha256")} for s in shards],
             "counts": file_entry(counts_key, counts),
-            "offsets": file_entry(offsets_key, offsets),
+            "offsets": offsets_entry,
         }
 
 
