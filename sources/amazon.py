@@ -31,8 +31,7 @@ from typing import Any, Iterable, Literal
 from pydantic import Field, field_validator
 
 from sources.base import InputError, Source
-from sources.download import fetch_inputs
-from sources.readers import (Emitter, FieldProblem, FileUnit, Outcome, RawLine, ReadLines, ReadSection, decompressed_head,
+from sources.readers import (inputs_from_urls, Emitter, FieldProblem, FileUnit, Outcome, RawLine, ReadLines, ReadSection, decompressed_head,
                              note_skipped, parse_record, plan_line_units, require_inputs, skip_file, text_field)
 
 NAME = "amazon"
@@ -218,10 +217,7 @@ def read(inputs, source_config: AmazonConfig, context):
                      keep_texts=getattr(context, "reject_texts", True))
 
 
-def default_inputs(source_config: AmazonConfig, download_config) -> list[str]:
-    if not source_config.urls:
-        raise InputError("--source amazon: no --input given and source.urls is empty")
-    return fetch_inputs(source_config.urls, download_config)
+default_inputs = inputs_from_urls(NAME)
 
 
 SOURCE = Source(name=NAME, config_model=AmazonConfig, read=read, default_inputs=default_inputs,

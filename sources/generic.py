@@ -30,8 +30,7 @@ import apache_beam as beam
 from pydantic import Field, field_validator
 
 from sources.base import InputError, InputFile, Source
-from sources.download import fetch_inputs
-from sources.readers import (MISSING, PAIR, REJECT, CreateUnits, Emitter, EmitOutcomes, FileUnit, Outcome, RawLine,
+from sources.readers import (inputs_from_urls, MISSING, PAIR, REJECT, CreateUnits, Emitter, EmitOutcomes, FileUnit, Outcome, RawLine,
                              ReadLines, ReadSection, combine, decompressed_head, get_path, note_skipped, open_raw,
                              parse_json_object, plan_line_units, read_head, require_inputs, skip_file, split_result,
                              text_field)
@@ -335,13 +334,7 @@ def read_parquet(inputs, source_config: ParquetConfig, context):
                         keep_texts=_keep_texts(context))
 
 
-def _download_defaults(name: str):
-    def default_inputs(source_config: GenericSection, download_config) -> list[str]:
-        if not source_config.urls:
-            raise InputError(f"--source {name} needs --input PATH (or source.urls)")
-        return fetch_inputs(source_config.urls, download_config)
-
-    return default_inputs
+_download_defaults = inputs_from_urls
 
 
 # --------------------------------------------------------------------------------------------------------------

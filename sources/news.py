@@ -36,8 +36,7 @@ from typing import Iterable, Literal
 from pydantic import Field, field_validator
 
 from sources.base import InputError, Source
-from sources.download import fetch_inputs
-from sources.readers import (CsvRow, Emitter, FileUnit, Outcome, RawLine, ReadCsv, ReadLines, ReadSection,
+from sources.readers import (inputs_from_urls, CsvRow, Emitter, FileUnit, Outcome, RawLine, ReadCsv, ReadLines, ReadSection,
                              ReadWholeFiles, check_text, combine, decompressed_head, note_skipped, parse_record,
                              plan_line_units, require_inputs, skip_file, text_field)
 
@@ -325,10 +324,7 @@ def read(inputs, source_config: NewsConfig, context):
     return combine(parts)
 
 
-def default_inputs(source_config: NewsConfig, download_config) -> list[str]:
-    if not source_config.urls:
-        raise InputError("--source news: no --input given and source.urls is empty")
-    return fetch_inputs(source_config.urls, download_config)
+default_inputs = inputs_from_urls(NAME)
 
 
 SOURCE = Source(name=NAME, config_model=NewsConfig, read=read, default_inputs=default_inputs,

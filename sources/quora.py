@@ -24,8 +24,7 @@ from typing import Any, Iterable, Literal
 from pydantic import Field
 
 from sources.base import InputError, Source
-from sources.download import fetch_inputs
-from sources.readers import (CsvRow, Emitter, FileUnit, Outcome, ReadCsv, ReadSection, check_text,
+from sources.readers import (inputs_from_urls, CsvRow, Emitter, FileUnit, Outcome, ReadCsv, ReadSection, check_text,
                              decompressed_head, note_skipped, require_inputs, skip_file)
 
 NAME = "quora"
@@ -144,10 +143,7 @@ def read(inputs, source_config: QuoraConfig, context):
                    keep_texts=getattr(context, "reject_texts", True))
 
 
-def default_inputs(source_config: QuoraConfig, download_config) -> list[str]:
-    if not source_config.urls:
-        raise InputError("--source quora: no --input given and source.urls is empty")
-    return fetch_inputs(source_config.urls, download_config)
+default_inputs = inputs_from_urls(NAME)
 
 
 SOURCE = Source(name=NAME, config_model=QuoraConfig, read=read, default_inputs=default_inputs,

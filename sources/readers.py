@@ -1017,3 +1017,16 @@ def note_skipped(context, skipped: list[str]) -> None:
 def require_inputs(inputs: list[InputFile], source: str) -> None:
     if not inputs:
         raise InputError(f"--source {source}: no input files")
+
+
+def inputs_from_urls(source_name: str):
+    """A source's ``default_inputs``: download (and unpack) ``source.urls`` into the cache, or say what to do."""
+
+    def default_inputs(source_config, download_config) -> list[str]:
+        from sources.download import fetch_inputs
+
+        if not source_config.urls:
+            raise InputError(f"--source {source_name}: no --input given and source.urls is empty; pass --input PATH")
+        return fetch_inputs(source_config.urls, download_config)
+
+    return default_inputs

@@ -7,7 +7,29 @@ import json
 from pathlib import Path
 from typing import Any
 
+import uuid
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+
 from pipelines import build
+
+# Elements collected from DirectRunner pipelines that run in this process, by run token.
+_COLLECTED: dict[str, list] = {}
+
+
+def _collect(element, key):
+    _COLLECTED.setdefault(key, []).append(element)
+
+
+def run_read_transform(transform) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Run a source's read transform on the DirectRunner; returns (pairs, rejects)."""
+    token = uuid.uuid4().hex
+    with TestPipeline() as pipeline:
+        result = pipeline | "Read" >> transform
+        result["pairs"] | "KeepPairs" >> beam.Map(_collect, token + "/pairs")
+        result["rejects"] | "KeepRejects" >> beam.Map(_collect, token + "/rejects")
+    return _COLLECTED.pop(token + "/pairs", []), _COLLECTED.pop(token + "/rejects", [])
 
 
 def run_build(*args: str) -> int:

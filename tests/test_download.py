@@ -207,7 +207,7 @@ def test_sources_download_their_default_inputs_into_the_cache(http_server, tmp_p
         assert len(pairs) + len(rejects) == rows
     with pytest.raises(InputError, match="source.urls is empty"):
         get_source("quora").default_inputs(get_source("quora").config_model(urls=[]), download)
-    with pytest.raises(InputError, match="needs --input"):
+    with pytest.raises(InputError, match="--source jsonl: no --input given and source.urls is empty; pass --input PATH"):
         get_source("jsonl").default_inputs(get_source("jsonl").config_model(), download)
 
 

@@ -19,23 +19,11 @@ from pydantic import ValidationError
 from pipelines.config import CONFIG_DIR, DownloadConfig, load_config, read_yaml
 from sources.base import InputError, RunContext, expand_inputs
 from sources.generic import SOURCES, HfConfig, JsonlConfig, ParquetConfig, hf_default_inputs
+from tests.helpers import run_read_transform
 from sources.readers import split_outcomes
 from sources.registry import get_source
 
-_COLLECTED: dict[str, list] = {}
-
-
-def _collect(element, key):
-    _COLLECTED.setdefault(key, []).append(element)
-
-
-def run_beam(transform):
-    token = uuid.uuid4().hex
-    with BeamPipeline() as pipeline:
-        result = pipeline | "Read" >> transform
-        result["pairs"] | "KeepPairs" >> beam.Map(_collect, token + "/pairs")
-        result["rejects"] | "KeepRejects" >> beam.Map(_collect, token + "/rejects")
-    return _COLLECTED.pop(token + "/pairs", []), _COLLECTED.pop(token + "/rejects", [])
+run_beam = run_read_transform
 
 
 def read(name, paths, config):

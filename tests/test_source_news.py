@@ -16,22 +16,10 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 
 from sources.base import InputError, RunContext, expand_inputs
 from sources.news import AGNEWS, BBC, CCNEWS, CNNDM, XSUM, NewsConfig, clean_agnews, read, xsum_sections
+from tests.helpers import run_read_transform
 from sources.readers import split_outcomes
 
-_COLLECTED: dict[str, list] = {}
-
-
-def _collect(element, key):
-    _COLLECTED.setdefault(key, []).append(element)
-
-
-def run_beam(transform):
-    token = uuid.uuid4().hex
-    with BeamPipeline() as pipeline:
-        result = pipeline | "Read" >> transform
-        result["pairs"] | "KeepPairs" >> beam.Map(_collect, token + "/pairs")
-        result["rejects"] | "KeepRejects" >> beam.Map(_collect, token + "/rejects")
-    return _COLLECTED.pop(token + "/pairs", []), _COLLECTED.pop(token + "/rejects", [])
+run_beam = run_read_transform
 
 
 def run_local(paths, config=None, context=None):

@@ -12,24 +12,11 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 
 from sources.base import InputError, RunContext, expand_inputs
 from sources.quora import DUPLICATES, NON_DUPLICATES, QuoraConfig, read
+from tests.helpers import run_read_transform
 from sources.readers import split_outcomes
 from sources.registry import get_source
 
-_COLLECTED: dict[str, list] = {}
-
-
-def _collect(element, key):
-    _COLLECTED.setdefault(key, []).append(element)
-
-
-def run_beam(transform):
-    """Runs a read transform on the DirectRunner; returns (pairs, rejects)."""
-    token = uuid.uuid4().hex
-    with BeamPipeline() as pipeline:
-        result = pipeline | "Read" >> transform
-        result["pairs"] | "KeepPairs" >> beam.Map(_collect, token + "/pairs")
-        result["rejects"] | "KeepRejects" >> beam.Map(_collect, token + "/rejects")
-    return _COLLECTED.pop(token + "/pairs", []), _COLLECTED.pop(token + "/rejects", [])
+run_beam = run_read_transform
 
 
 def _sample(shared_data):
