@@ -15,7 +15,7 @@ from pipelines.records import id_bucket, make_input_reject, make_reject, new_pai
 from pipelines.release.store import LocalStore, open_store
 from pipelines.release.writer import shard_count, shard_key, sha256_path, write_jsonl_gz
 from tests.helpers import read_jsonl_gz, run_build
-from tests.s3_server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
+pytest_plugins = ("tests.s3_server",)  # the shared SeaweedFS fixtures
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STAGES_RUN = ["read", "normalize", "exact_dedup", "minhash", "consistency", "negatives"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from pipelines.release.s3_store import S3Store
 from pipelines.verify import main as verify_main

@@ -6,11 +6,8 @@ from __future__ import annotations
 import collections
 import gzip
 import json
-import uuid
 
-import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 
 from sources.amazon import QUESTION_ANSWER, TITLE_REVIEW, AmazonConfig, read
 from sources.base import InputError, RunContext, expand_inputs

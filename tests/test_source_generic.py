@@ -7,13 +7,10 @@ import collections
 import gzip
 import json
 import socket
-import uuid
 
-import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 from pydantic import ValidationError
 
 from pipelines.config import CONFIG_DIR, DownloadConfig, load_config, read_yaml

@@ -8,11 +8,8 @@ import csv
 import gzip
 import json
 import re
-import uuid
 
-import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 
 from sources.base import InputError, RunContext, expand_inputs
 from sources.news import AGNEWS, BBC, CCNEWS, CNNDM, XSUM, NewsConfig, clean_agnews, read, xsum_sections

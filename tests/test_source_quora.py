@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import collections
 import gzip
-import uuid
 
-import apache_beam as beam
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamPipeline
 
 from sources.base import InputError, RunContext, expand_inputs
 from sources.quora import DUPLICATES, NON_DUPLICATES, QuoraConfig, read
