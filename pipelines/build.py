@@ -14,9 +14,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from pipelines.errors import UsageError
+from pipelines.cli import CommandParser, quiet_logging, refuse_secret_options, run_command
+from pipelines.errors import PairCurationError, PipelineError, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,16 +39,11 @@ S3 destinations take their endpoint and keys from the standard AWS environment v
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def make_parser() -> argparse.ArgumentParser:
     from pipelines.records import SKIPPABLE_STAGES
     from sources.registry import source_names
 
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m pipelines.build",
         description="Build an auditable release of contrastive training pairs from a public dump: read, "
                     "normalize, exact dedup, MinHash near-dup removal, embedding-consistency filter, hard "
@@ -75,11 +71,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def fail(message: str, status: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(status)
-
-
 def project_identity() -> dict[str, Any]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -101,22 +92,13 @@ def project_identity() -> dict[str, Any]:
     return {"name": "pair-curation", "version": project_version, "commit": commit}
 
 
-def _quiet_logging() -> None:
-    class _DropNoise(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "apitools not found" not in record.getMessage()
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropNoise())
-
-
 def plan_build(args: argparse.Namespace):
     """Everything decided before the graph runs. Raises UsageError (exit 2) for anything the user must fix."""
     from pipelines.config import ConfigError, config_hash, load_config, resolved_dict
     from pipelines.graph import BuildPlan
     from pipelines.release.manifest import MANIFEST_KEY
-    from pipelines.release.store import StoreError, open_store
+    from pipelines.release.store import StoreError
+    from pipelines.release.stores import open_store
     from sources.base import InputError, describe_inputs, expand_inputs
     from sources.registry import get_source
 
@@ -190,7 +172,7 @@ def pipeline_options(beam_args: list[str]):
 
 def write_run_record(plan, described, argv: list[str], started: float) -> None:
     """What is not reproducible (when, where, how) goes to runs/, outside the manifest."""
-    from pipelines.release.store import open_store
+    from pipelines.release.stores import open_store
 
     record = {
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -204,30 +186,27 @@ def write_run_record(plan, described, argv: list[str], started: float) -> None:
                                           content_type="application/json")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_logging()
+def _build_command(argv: list[str]) -> int:
+    quiet_logging()
     parser = make_parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
-        from pipelines.translate import refuse_secret_options
-
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
-    except UsageError as exc:
-        fail(str(exc))
+    except PairCurationError:
+        raise
     except (ValueError, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        fail(f"bad pipeline option: {exc}")
+        raise UsageError(f"bad pipeline option: {exc}") from None
 
     import apache_beam as beam
 
     from pipelines.graph import build_graph
     from pipelines.release.manifest import MANIFEST_KEY, format_funnel
-    from pipelines.release.store import open_store
+    from pipelines.release.stores import open_store
 
     started = time.time()
     write_run_record(plan, described, argv, started)
@@ -242,15 +221,19 @@ def main(argv: list[str] | None = None) -> int:
         detail = next((line for line in reversed(message) if "Error" in line or "Exception" in line),
                       message[-1] if message else type(exc).__name__)
         logging.debug("pipeline failure", exc_info=True)
-        fail(f"pipeline failed: {detail[:500]}", status=1)
+        raise PipelineError(f"pipeline failed: {detail[:500]}") from None
 
     store = open_store(plan.output_uri)
     if not store.exists(MANIFEST_KEY):
-        fail("pipeline finished but no manifest was committed: the release is incomplete", status=1)
+        raise PipelineError("pipeline finished but no manifest was committed: the release is incomplete")
     manifest = json.loads(store.get_bytes(MANIFEST_KEY))
     print(format_funnel(manifest["funnel"]))
     print(f"release: {plan.output_uri} ({time.time() - started:.1f} s)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_build_command, argv)
 
 
 if __name__ == "__main__":

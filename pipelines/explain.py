@@ -25,10 +25,13 @@ import unicodedata
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any
 
+from pipelines.cli import run_command
+from pipelines.errors import NotFound, UsageError
 from pipelines.records import ALL_STAGES, id_bucket
-from pipelines.release.store import ReleaseStore, StoreError, open_store
+from pipelines.release.store import ReleaseStore, StoreError
+from pipelines.release.stores import open_store
 
 MANIFEST_KEY = "manifest.json"
 _SHARD_INDEX = re.compile(r"-(\d+)\.jsonl\.gz$")
@@ -40,7 +43,7 @@ _SHOWN_ABSORBED = 20
 TEXT_CHARS = 300
 
 
-class ReleaseUnreadable(Exception):
+class ReleaseUnreadable(UsageError):
     """The release (or one of its objects) cannot be read: exit status 2, one line."""
 
 
@@ -454,11 +457,6 @@ def format_lineage(lineage: Lineage, full: bool = False) -> str:
 
 # -- command line ----------------------------------------------------------------------------------------------
 
-def _fail(message: str, status: int) -> NoReturn:
-    print(message, file=sys.stderr)
-    raise SystemExit(status)
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.explain",
@@ -476,21 +474,18 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _explain_command(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     record_id = normalise_id(args.id)
     if record_id is None:
-        _fail(f"not found: {clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)", 1)
+        raise NotFound(f"{clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)")
     try:
         store = open_store(args.release)
     except (StoreError, ValueError, ImportError) as exc:  # an unsupported URI, a bad bucket name
-        _fail(f"error: cannot open release {clean(args.release, 200)}: {_one_line(exc)}", 2)
-    try:
-        lineage = explain(Release(store), record_id, scan_absorbed=not args.no_absorbed)
-    except ReleaseUnreadable as exc:
-        _fail(f"error: {exc}", 2)
+        raise ReleaseUnreadable(f"cannot open release {clean(args.release, 200)}: {_one_line(exc)}") from None
+    lineage = explain(Release(store), record_id, scan_absorbed=not args.no_absorbed)
     if lineage is None:
-        _fail(f"not found: {record_id} is in neither the shards nor the rejects of {clean(args.release, 200)}", 1)
+        raise NotFound(f"{record_id} is in neither the shards nor the rejects of {clean(args.release, 200)}")
     output = (json.dumps(lineage_json(lineage), indent=1, sort_keys=True, ensure_ascii=True) if args.json
               else format_lineage(lineage, full=args.full))
     try:
@@ -499,6 +494,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # piped into head: not an error; silence the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_explain_command, argv)
 
 
 if __name__ == "__main__":

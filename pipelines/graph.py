@@ -16,9 +16,11 @@ from pipelines.config import PipelineConfig
 from pipelines.records import SKIPPABLE_STAGES
 from pipelines.release import card, manifest as manifest_lib
 from pipelines.release.stats import ReleaseStats
-from pipelines.release.store import AlreadyExists, open_store
+from pipelines.release.store import AlreadyExists
+from pipelines.release.stores import open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
                                       summarize_rejects)
+from pipelines.report import render_report
 from sources.base import InputFile, RunContext, Source
 
 
@@ -120,11 +122,8 @@ class _Finalize(beam.DoFn):
 
 
 def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
-                   license_id: str, attribution: str) -> str | None:
-    try:
-        from pipelines.report import render_report
-    except ImportError:
-        return None
+                   license_id: str, attribution: str) -> str:
+    # matplotlib is a dependency: a missing one fails the build loudly instead of dropping report.html.
     return render_report(draft_manifest, samples, stats, license_id=license_id, attribution=attribution)
 
 

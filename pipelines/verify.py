@@ -47,8 +47,11 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
+from pipelines.cli import run_command
+from pipelines.errors import PairCurationError, UsageError
 from pipelines.records import dumps_line
-from pipelines.release.store import ReleaseStore, StoreError, open_store
+from pipelines.release.store import ReleaseStore, StoreError
+from pipelines.release.stores import open_store
 
 MANIFEST_KEY = "manifest.json"
 RELEASE_FORMAT = "pair-curation/release-v1"
@@ -151,7 +154,7 @@ def _first_error(error: ValidationError) -> str:
 
 # -- the checks -----------------------------------------------------------------------------------------------
 
-class ObjectFailure(Exception):
+class ObjectFailure(PairCurationError):
     """The first thing found wrong with one object."""
 
 
@@ -466,7 +469,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RUN_RECORD_PREFIX = "runs/"
 
 
-class RebuildError(Exception):
+class RebuildError(UsageError):
     """The rebuild cannot run (inputs not found, a manifest it cannot use, the build failing): one line."""
 
 
@@ -681,7 +684,7 @@ def verify_release(uri: str, sample: int | None = None, seed: int | None = None)
     return ReleaseVerifier(open_store(uri), sample=sample, seed=seed).run().lines()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _verify_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.verify",
                                      description="Re-check a published release against its manifest.")
     parser.add_argument("release", help="a release folder or s3://bucket/prefix")
@@ -704,12 +707,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--input and --rebuild-dir go with --rebuild")
     if args.sample is not None and args.sample < 0:
         parser.error("--sample must be 0 or more")
-    try:
-        store = open_store(args.release)
-        report = ReleaseVerifier(store, sample=args.sample, seed=args.seed, workers=args.workers).run()
-    except StoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    store = open_store(args.release)
+    report = ReleaseVerifier(store, sample=args.sample, seed=args.seed, workers=args.workers).run()
     for line in report.lines():
         print(f"FAIL {store.uri_for(line)}")
     rebuild_lines: list[str] = []
@@ -718,8 +717,7 @@ def main(argv: list[str] | None = None) -> int:
             rebuild_lines = rebuild_release(store, overrides=args.input, beam_args=beam_args,
                                             workdir=args.rebuild_dir, log=lambda line: print(line, file=sys.stderr))
         except (RebuildError, StoreError) as error:
-            print(f"error: rebuild: {error}", file=sys.stderr)
-            return 2
+            raise RebuildError(f"rebuild: {error}") from None
         for line in rebuild_lines:
             print(f"FAIL rebuild: {line}")
     if report.failures:
@@ -732,6 +730,10 @@ def main(argv: list[str] | None = None) -> int:
     rebuilt = "; the rebuild gives the same files" if args.rebuild else ""
     print(f"OK {store.uri}: {report.objects_checked} objects, {report.rows_checked} rows checked{scope}{rebuilt}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_verify_command, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
+from pipelines.errors import UsageError
 
-class InputError(Exception):
+
+class InputError(UsageError):
     """An unreadable or missing input, an unknown format: one line naming the path."""
 
 

@@ -37,6 +37,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from pydantic import Field
 
+from pipelines.errors import PairCurationError
 from pipelines.records import make_input_reject, make_reject, new_pair
 from sources.base import InputError, InputFile, SourceSection, decode_text
 
@@ -730,7 +731,7 @@ class CsvRow:
 CsvParser = Callable[[CsvRow, Emitter], Iterable[Outcome]]
 
 
-class _RecordTooLong(Exception):
+class _RecordTooLong(PairCurationError):
     """Raised inside the CSV feed: the record being parsed has grown past max_line_bytes."""
 
 

@@ -12,7 +12,8 @@ import pytest
 
 from pipelines import explain as explain_lib
 from pipelines.records import id_bucket, make_input_reject, make_reject, new_pair
-from pipelines.release.store import LocalStore, open_store
+from pipelines.release.store import LocalStore
+from pipelines.release.stores import open_store
 from pipelines.release.writer import shard_count, shard_key, sha256_path, write_jsonl_gz
 from tests.helpers import read_jsonl_gz, run_build
 pytest_plugins = ("tests.s3_server",)  # the shared SeaweedFS fixtures

@@ -14,7 +14,8 @@ from typing import Any, Callable
 import pytest
 
 from pipelines.records import dumps_line, make_reject, new_pair, to_release_row
-from pipelines.release.store import LocalStore, ReleaseStore, open_store
+from pipelines.release.store import LocalStore, ReleaseStore
+from pipelines.release.stores import open_store
 from pipelines.verify import ReleaseVerifier, main, verify_release
 
 pytest_plugins = ("tests.s3_server",)  # the S3 fixtures, shared by all modules

@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from pipelines.errors import PipelineError
 from pipelines.records import ALL_STAGES
 
 MANIFEST_KEY = "manifest.json"
 FORMAT = "pair-curation/release-v1"
 
 
-class UnaccountedRows(Exception):
+class UnaccountedRows(PipelineError):
     """Rows that are neither in a shard nor in the rejects: the pipeline lost data. Never ignored."""
 
 

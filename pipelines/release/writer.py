@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.records import dumps_line, id_bucket, to_release_row
-from pipelines.release.store import open_store
+from pipelines.release.stores import open_store
 
 JSONL_GZ = "application/jsonl"  # stored as gzip bytes; no Content-Encoding so clients keep the .gz as is
 JSON = "application/json"
