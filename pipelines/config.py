@@ -9,16 +9,28 @@ from __future__ import annotations
 
 import hashlib
 import json
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from pipelines.errors import UsageError
 
 
-class ConfigError(Exception):
+def _config_dir() -> Path:
+    """The folder of the shipped source configs: the ``configs`` package (package data in the wheel)."""
+    try:
+        return Path(str(resources.files("configs")))
+    except ModuleNotFoundError:  # an editable install made before configs became a package: the checkout's
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
+
+
+class ConfigError(UsageError):
     """A bad configuration: the message is one line naming the key and what is wrong."""
 
 
@@ -244,8 +256,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_config(source_name: str, source_model: type[BaseModel], config_path: str | Path | None = None,
                 overrides: list[str] | None = None) -> tuple[PipelineConfig, BaseModel]:
     """Read, override and validate. Returns the pipeline config and the source's validated config."""
+    # A missing file is an error, never a silent fall-back to the models' defaults (quora's ngram would vanish).
     path = Path(config_path) if config_path else CONFIG_DIR / f"{source_name}.yaml"
-    tree = read_yaml(path) if (config_path or path.exists()) else {}
+    tree = read_yaml(path)
     for override in overrides or []:
         key_path, value = parse_override(override)
         _apply_override(tree, key_path, value)
