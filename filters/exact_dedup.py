@@ -12,8 +12,9 @@ from typing import Any, Iterable
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from filters.stage import Stage
 from pipelines.config import ExactDedupConfig
-from pipelines.records import make_reject
+from pipelines.records import RejectPolicy, make_reject
 
 STAGE = "exact_dedup"
 
@@ -49,13 +50,13 @@ def split_group(pairs: Iterable[dict[str, Any]], rule: str) -> tuple[dict[str, A
 
 
 class ExactDedup(beam.PTransform):
-    def __init__(self, config: ExactDedupConfig, reject_texts: bool = True):
+    def __init__(self, config: ExactDedupConfig, policy: RejectPolicy):
         super().__init__()
         self.config = config
-        self.reject_texts = reject_texts
+        self.policy = policy
 
     def expand(self, pairs):
-        config, keep_texts = self.config, self.reject_texts
+        config, policy = self.config, self.policy
         duplicates = Metrics.counter(STAGE, "dropped_exact_duplicate")
 
         def resolve(element):
@@ -75,10 +76,14 @@ class ExactDedup(beam.PTransform):
                 yield beam.pvalue.TaggedOutput("rejects", make_reject(
                     pair, stage=STAGE, reason="exact_duplicate",
                     detail={"survivor_id": survivor["id"], "key": key, "rule": config.survivor},
-                    keep_texts=keep_texts))
+                    policy=policy))
 
         result = (pairs
                   | "Key" >> beam.Map(lambda pair: (dedup_key(pair, config), pair))
                   | "Group" >> beam.GroupByKey()
                   | "Resolve" >> beam.FlatMap(resolve).with_outputs("rejects", main="pairs"))
         return {"pairs": result.pairs, "rejects": result.rejects}
+
+
+STAGE_SPEC = Stage(STAGE, config_key="exact_dedup",
+                   transform=lambda config, policy: ExactDedup(config.exact_dedup, policy))

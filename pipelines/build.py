@@ -40,7 +40,7 @@ S3 destinations take their endpoint and keys from the standard AWS environment v
 
 
 def make_parser() -> argparse.ArgumentParser:
-    from pipelines.records import SKIPPABLE_STAGES
+    from filters.registry import stage_names
     from sources.registry import source_names
 
     parser = CommandParser(
@@ -62,8 +62,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, typed as YAML, e.g. --set minhash.threshold=0.85; "
                              "repeatable")
-    parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE_STAGES, metavar="STAGE",
-                        help=f"leave a stage out (recorded in the manifest): {', '.join(SKIPPABLE_STAGES)}; "
+    parser.add_argument("--skip", action="append", default=[], choices=stage_names(), metavar="STAGE",
+                        help=f"leave a stage out (recorded in the manifest): {', '.join(stage_names())}; "
                              "repeatable")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing release at --output (otherwise a complete release there is "
@@ -94,12 +94,14 @@ def project_identity() -> dict[str, Any]:
 
 def plan_build(args: argparse.Namespace):
     """Everything decided before the graph runs. Raises UsageError (exit 2) for anything the user must fix."""
+    from filters.registry import stages
     from pipelines.config import ConfigError, config_hash, load_config, resolved_dict
     from pipelines.graph import BuildPlan
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
-    from sources.base import InputError, describe_inputs, expand_inputs
+    from pipelines.records import RejectPolicy
+    from sources.base import InputError, RunContext, describe_inputs, expand_inputs
     from sources.registry import get_source
 
     source = get_source(args.source)
@@ -107,7 +109,9 @@ def plan_build(args: argparse.Namespace):
         config, source_config = load_config(args.source, source.config_model, args.config, args.overrides)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    skipped = sorted(set(args.skip))
+    policy = RejectPolicy.from_config(config.release)
+    # A stage is left out by --skip NAME or by its section's enabled: false; the manifest records both alike.
+    skipped = sorted(set(args.skip) | {stage.name for stage in stages() if not stage.enabled(config)})
     output_uri = args.output or str(REPO_ROOT / "releases" / args.source)
     try:
         inputs_given = args.input or source.default_inputs(source_config, config.download)
@@ -120,14 +124,14 @@ def plan_build(args: argparse.Namespace):
             # Uncommit the old release first: while we rebuild, the destination is visibly incomplete.
             store.delete(MANIFEST_KEY)
         # The source validates its inputs (right kind of files) before anything is hashed or run.
-        context_check = source.read(inputs, source_config, _context(args.source, config))
+        context_check = source.read(inputs, source_config, RunContext(source_name=args.source, policy=policy))
         del context_check
         described = describe_inputs(inputs)
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
     model = None
-    if "consistency" not in skipped or "negatives" not in skipped:
+    if any(stage.needs_model for stage in stages() if stage.name not in skipped):
         try:
             from pipelines.embedding import model_info
         except ImportError as exc:
@@ -150,14 +154,9 @@ def plan_build(args: argparse.Namespace):
         "model": model,
     }
     plan = BuildPlan(source=source, source_config=source_config, config=config, inputs=inputs,
-                     output_uri=output_uri, skipped=skipped, overwrite=args.overwrite, static_manifest=static)
+                     output_uri=output_uri, policy=policy, skipped=skipped, overwrite=args.overwrite,
+                     static_manifest=static)
     return plan, described
-
-
-def _context(source_name, config):
-    from sources.base import RunContext
-
-    return RunContext(source_name=source_name, reject_texts=config.release.reject_texts)
 
 
 def pipeline_options(beam_args: list[str]):
@@ -173,6 +172,7 @@ def pipeline_options(beam_args: list[str]):
 def write_run_record(plan, described, argv: list[str], started: float) -> None:
     """What is not reproducible (when, where, how) goes to runs/, outside the manifest."""
     from pipelines.release.stores import open_store
+    from pipelines.schema import RUN_RECORD_PREFIX
 
     record = {
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
@@ -181,7 +181,7 @@ def write_run_record(plan, described, argv: list[str], started: float) -> None:
         "argv": argv,
         "inputs": [{"name": d["name"], "uri": d["uri"]} for d in described],
     }
-    key = f"runs/run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
+    key = f"{RUN_RECORD_PREFIX}run-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
     open_store(plan.output_uri).put_bytes(key, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode(),
                                           content_type="application/json")
 

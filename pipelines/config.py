@@ -38,7 +38,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class NormalizeConfig(Section):
+class StageSection(Section):
+    """The section of a stage (``filters.stage``): ``enabled: false`` leaves the stage out, as --skip does.
+
+    Not part of the resolved configuration the manifest records and hashes: the manifest's skipped_stages says
+    which stages ran, whichever way they were turned off."""
+
+    enabled: bool = Field(True, exclude=True)
+
+
+class NormalizeConfig(StageSection):
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFKC"
     collapse_whitespace: bool = True
     strip_control_chars: bool = True
@@ -55,7 +64,7 @@ class NormalizeConfig(Section):
     too_long: Literal["reject", "truncate"] = "truncate"
 
 
-class ExactDedupConfig(Section):
+class ExactDedupConfig(StageSection):
     # What must be equal (after normalization, case-folded) for two pairs to be duplicates.
     key: Literal["pair", "query", "document"] = "pair"
     # Within one DATASET, or across every dataset of the run.
@@ -65,7 +74,7 @@ class ExactDedupConfig(Section):
     survivor: Literal["longest_document", "smallest_id"] = "longest_document"
 
 
-class MinHashConfig(Section):
+class MinHashConfig(StageSection):
     text: Literal["pair", "query", "document"] = "pair"
     scope: Literal["dataset", "all"] = "dataset"
     shingle: Literal["word", "char"] = "word"
@@ -128,7 +137,7 @@ class EmbeddingConfig(Section):
     onnx_cache_dir: str = "~/.cache/pair-curation/onnx"
 
 
-class ConsistencyConfig(Section):
+class ConsistencyConfig(StageSection):
     pool_size: int = Field(1_000_000, ge=2)
     top_k: int = Field(2, ge=1)
     # Exact flat inner product while a block has at most ivf_min_size documents, IVF beyond.
@@ -141,7 +150,7 @@ class ConsistencyConfig(Section):
     faiss_threads: int = Field(0, ge=0)
 
 
-class NegativesConfig(Section):
+class NegativesConfig(StageSection):
     range_min: int = Field(0, ge=0)
     range_max: int = Field(50, ge=1)
     num_negatives: int = Field(7, ge=1)

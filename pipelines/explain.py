@@ -30,10 +30,10 @@ from typing import Any
 from pipelines.cli import run_command
 from pipelines.errors import NotFound, UsageError
 from pipelines.records import ALL_STAGES, id_bucket
+from pipelines.schema import MANIFEST_KEY
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
 
-MANIFEST_KEY = "manifest.json"
 _SHARD_INDEX = re.compile(r"-(\d+)\.jsonl\.gz$")
 _ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
 _CACHED_SHARDS = 3

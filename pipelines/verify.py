@@ -50,11 +50,10 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pipelines.cli import run_command
 from pipelines.errors import PairCurationError, UsageError
 from pipelines.records import dumps_line
+from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
 
-MANIFEST_KEY = "manifest.json"
-RELEASE_FORMAT = "pair-curation/release-v1"
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -88,7 +87,7 @@ class RejectsEntry(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["pair-curation/release-v1"]
+    format: Literal[RELEASE_FORMAT]
     datasets: dict[str, DatasetEntry]
     rejects: dict[str, RejectsEntry] = {}
     files: list[FileEntry] = []
@@ -466,7 +465,6 @@ class ReleaseVerifier:
 # -- --rebuild: the same build again, from the recorded inputs and configuration --------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUN_RECORD_PREFIX = "runs/"
 
 
 class RebuildError(UsageError):

@@ -21,6 +21,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict
 
 from pipelines.errors import UsageError
+from pipelines.records import RejectPolicy
 
 
 class InputError(UsageError):
@@ -49,7 +50,7 @@ class RunContext:
     """What a source or stage may need to know about the run besides its own config."""
 
     source_name: str
-    reject_texts: bool = True
+    policy: RejectPolicy
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -23,7 +23,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
-from pipelines.records import make_input_reject, new_pair
+from pipelines.records import RejectPolicy, make_input_reject, new_pair
 from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources.text import html_to_text, parse_tags
@@ -151,14 +151,14 @@ def post_url(post: dict[str, Any]) -> str:
 
 # --- pair kinds (plain functions) ------------------------------------------------------------------------
 
-def title_body_outcome(question: dict[str, Any], keep_texts: bool = True) -> dict[str, Any]:
+def title_body_outcome(question: dict[str, Any], policy: RejectPolicy) -> dict[str, Any]:
     """A question -> its title/body pair, or a reject saying why not."""
     provenance = {"record": post_ref(question), "input": question["input"], "license": question["license"],
                   "url": post_url(question), "site": question["site"], "post_ids": [question["id"]],
                   "tags": question["tags"]}
     if not question["title"] or not question["body"]:
         reason = "missing_title" if not question["title"] else "empty_body"
-        return _question_reject(TITLE_BODY, provenance, reason, {}, question, keep_texts)
+        return _question_reject(TITLE_BODY, provenance, reason, {}, question, policy)
     return new_pair(dataset=TITLE_BODY, source=SOURCE_NAME, query=question["title"], document=question["body"],
                     provenance=provenance)
 
@@ -183,17 +183,17 @@ def choose_answer(question: dict[str, Any], answers: Iterable[dict[str, Any]], m
 
 
 def question_answer_outcome(question: dict[str, Any], answers: Iterable[dict[str, Any]],
-                            config: StackExchangeSourceConfig, keep_texts: bool = True) -> dict[str, Any]:
+                            config: StackExchangeSourceConfig, policy: RejectPolicy) -> dict[str, Any]:
     answer, how = choose_answer(question, answers, config.min_answer_score, config.accepted_answer_min_score)
     provenance = {"record": post_ref(question), "input": question["input"], "license": question["license"],
                   "url": post_url(question), "site": question["site"], "post_ids": [question["id"]],
                   "tags": question["tags"]}
     if answer is None:
         return _question_reject(QUESTION_ANSWER, provenance, how, {"question_id": question["id"]}, question,
-                                keep_texts)
+                                policy)
     query = "\n\n".join(part for part in (question["title"], question["body"]) if part)
     if not query:
-        return _question_reject(QUESTION_ANSWER, provenance, "empty_question", {}, question, keep_texts)
+        return _question_reject(QUESTION_ANSWER, provenance, "empty_question", {}, question, policy)
     provenance.update({
         "record": f"{post_ref(question)}+{answer['id']}",
         "license": combine_licenses(question["license"], answer["license"]),
@@ -207,7 +207,7 @@ def question_answer_outcome(question: dict[str, Any], answers: Iterable[dict[str
 
 
 def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, target: dict[str, Any] | None,
-                      config: StackExchangeSourceConfig, keep_texts: bool = True) -> dict[str, Any]:
+                      config: StackExchangeSourceConfig, policy: RejectPolicy) -> dict[str, Any]:
     """A duplicate link (closed question -> its target) -> a pair, or a reject when either end is absent."""
     record = f"{link['site']}/postlinks/{link['id']}"
     provenance = {"record": record, "input": link["input"], "site": link["site"],
@@ -218,11 +218,11 @@ def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, targe
         if post is None:
             return make_input_reject(dataset=DUPLICATES, source=SOURCE_NAME, provenance=provenance,
                                      reason=f"duplicate_{role}_missing",
-                                     detail={"post_id": post_id, "role": role})
+                                     detail={"post_id": post_id, "role": role}, policy=policy)
         if post["type"] != QUESTION:
             return make_input_reject(dataset=DUPLICATES, source=SOURCE_NAME, provenance=provenance,
                                      reason=f"duplicate_{role}_not_a_question",
-                                     detail={"post_id": post_id, "post_type": post["type"]})
+                                     detail={"post_id": post_id, "post_type": post["type"]}, policy=policy)
 
     def side(post):
         if config.duplicate_text == "title":
@@ -235,10 +235,10 @@ def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, targe
                     provenance=provenance)
 
 
-def _question_reject(dataset, provenance, reason, detail, question, keep_texts):
+def _question_reject(dataset, provenance, reason, detail, question, policy):
     reject = make_input_reject(dataset=dataset, source=SOURCE_NAME, provenance=provenance, reason=reason,
-                               detail=detail)
-    if keep_texts:
+                               detail=detail, policy=policy)
+    if policy.keep_texts:
         reject["query"] = question.get("title", "")
         reject["document"] = question.get("body", "")
     return reject
@@ -249,8 +249,9 @@ def _question_reject(dataset, provenance, reason, detail, question, keep_texts):
 class _ParsePostsLine(beam.DoFn):
     """(file name, raw line bytes) -> posts on the main output, rejects on "rejects"."""
 
-    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str):
+    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str, policy: RejectPolicy):
         self.max_row_bytes = max_row_bytes
+        self.policy = policy
         self.names = names  # full uri -> release-stable name
         self.line_kind = line_kind  # "posts" or "links"
         self.rows = Metrics.counter("read", f"stackexchange_{line_kind}_rows")
@@ -267,21 +268,22 @@ class _ParsePostsLine(beam.DoFn):
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                 dataset=POSTS, source=SOURCE_NAME, provenance=provenance,
                 reason="row_too_large" if problem == "oversized_line" else problem,
-                raw=raw[:200].decode("utf-8", "replace")))
+                raw=raw[:200].decode("utf-8", "replace"), policy=self.policy))
             return
         text, decode_error = decode_text(raw)
         if decode_error:
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                 dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="invalid_utf8",
-                detail={"error": decode_error}, raw=raw[:200].decode("utf-8", "replace")))
+                detail={"error": decode_error}, raw=raw[:200].decode("utf-8", "replace"), policy=self.policy))
             return
         attributes, reason = parse_row(text, self.max_row_bytes)
         if attributes is None:
             if reason is not None:
                 self.bad_rows.inc()
                 yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
-                    dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, raw=text[:2000]))
+                    dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, raw=text[:2000],
+                    policy=self.policy))
             return
         self.rows.inc()
         if self.line_kind == "links":
@@ -292,7 +294,8 @@ class _ParsePostsLine(beam.DoFn):
         if not attributes.get("Id"):
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
-                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="missing_id", raw=text[:2000]))
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="missing_id", raw=text[:2000],
+                policy=self.policy))
             return
         yield post_from_row(attributes, site, name)
 
@@ -304,9 +307,10 @@ class _ReadArchive(beam.DoFn):
     "../../etc/passwd" member name cannot write outside the temp folder); other members are not extracted.
     """
 
-    def __init__(self, wanted: str, max_row_bytes: int):
+    def __init__(self, wanted: str, max_row_bytes: int, policy: RejectPolicy):
         self.wanted = wanted  # "Posts.xml" or "PostLinks.xml"
         self.max_row_bytes = max_row_bytes
+        self.policy = policy
 
     def process(self, archive_uri: str) -> Iterator[tuple[str, bytes]]:
         import py7zr
@@ -328,7 +332,7 @@ class _ReadArchive(beam.DoFn):
                             dataset=POSTS, source=SOURCE_NAME,
                             provenance={"record": f"{os.path.basename(archive_uri)}!{name[:200]}",
                                         "input": os.path.basename(archive_uri)},
-                            reason="unsafe_archive_member", detail={"member": name[:300]}))
+                            reason="unsafe_archive_member", detail={"member": name[:300]}, policy=self.policy))
                     members = [name for name in members if _safe_member_name(name)]
                     if not members:
                         return
@@ -339,7 +343,7 @@ class _ReadArchive(beam.DoFn):
                     dataset=POSTS, source=SOURCE_NAME,
                     provenance={"record": os.path.basename(archive_uri), "input": os.path.basename(archive_uri)},
                     reason="unreadable_archive", detail={"error": str(exc).splitlines()[0][:300] if str(exc)
-                                                         else type(exc).__name__}))
+                                                         else type(exc).__name__}, policy=self.policy))
                 return
             if not os.path.exists(target):
                 return
@@ -420,10 +424,11 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
             | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes)))
 
 
-def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int):
+def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int,
+                   policy: RejectPolicy):
     return (pbegin
             | f"{label}Archives" >> beam.Create(archives)
-            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes)).with_outputs("rejects",
+            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes, policy)).with_outputs("rejects",
                                                                                                 main="lines"))
 
 
@@ -432,7 +437,7 @@ class ReadStackExchange(beam.PTransform):
         super().__init__()
         self.inputs = inputs
         self.config = config
-        self.keep_texts = context.reject_texts
+        self.policy = context.policy
 
     def expand(self, pbegin):
         config = self.config
@@ -449,22 +454,23 @@ class ReadStackExchange(beam.PTransform):
         post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
         link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
         if archives:
-            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes)
+            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes, self.policy)
             # One worker unpacks an archive; spread its lines so parsing and joins run on all workers.
             post_lines.append(extracted.lines | "PostsArchiveSpread" >> beam.Reshuffle())
             reject_parts.append(extracted.rejects)
             if config.duplicates:
-                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes)
+                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes,
+                                                 self.policy)
                 link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
                 reject_parts.append(extracted_links.rejects)
 
         parsed = (post_lines | "PostLines" >> beam.Flatten()
-                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts"))
+                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts", self.policy))
                   .with_outputs("rejects", main="posts"))
         reject_parts.append(parsed.rejects)
         posts = parsed.posts
 
-        keep_texts = self.keep_texts
+        policy = self.policy
 
         def split_by_type(post):
             if post["type"] == QUESTION:
@@ -476,7 +482,7 @@ class ReadStackExchange(beam.PTransform):
                     dataset=POSTS, source=SOURCE_NAME,
                     provenance={"record": post_ref(post), "input": post["input"], "site": post["site"],
                                 "license": post["license"]},
-                    reason="post_type_skipped", detail={"post_type": post["type"]}))
+                    reason="post_type_skipped", detail={"post_type": post["type"]}, policy=policy))
 
         typed = posts | "SplitByType" >> beam.FlatMap(split_by_type).with_outputs("questions", "answers", "other")
         reject_parts.append(typed.other)
@@ -484,7 +490,7 @@ class ReadStackExchange(beam.PTransform):
         pair_parts = []
 
         if config.title_body:
-            title_body = questions | "TitleBody" >> beam.Map(title_body_outcome, keep_texts)
+            title_body = questions | "TitleBody" >> beam.Map(title_body_outcome, policy)
             pair_parts.append(title_body)
 
         questions_by_key = questions | "KeyQuestions" >> beam.Map(lambda q: ((q["site"], q["id"]), q))
@@ -494,7 +500,7 @@ class ReadStackExchange(beam.PTransform):
             def join_answers(element):
                 _, grouped = element
                 for question in grouped["question"]:
-                    yield question_answer_outcome(question, list(grouped["answers"]), config, keep_texts)
+                    yield question_answer_outcome(question, list(grouped["answers"]), config, policy)
 
             pair_parts.append(
                 {"question": questions_by_key, "answers": answers_by_parent}
@@ -503,7 +509,7 @@ class ReadStackExchange(beam.PTransform):
 
         if config.duplicates:
             links = (link_lines | "LinkLines" >> beam.Flatten()
-                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links"))
+                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links", self.policy))
                      .with_outputs("rejects", main="links"))
             reject_parts.append(links.rejects)
             duplicate_links = links.links | "DuplicateLinks" >> beam.Filter(lambda l: l["link_type"] == DUPLICATE_LINK)
@@ -528,7 +534,7 @@ class ReadStackExchange(beam.PTransform):
                            | "JoinTarget" >> beam.CoGroupByKey()
                            | "AttachTarget" >> beam.FlatMap(attach, "target"))
             pair_parts.append(with_target | "Duplicates" >> beam.Map(
-                lambda l: duplicate_outcome(l, l["closed"], l["target"], config, keep_texts)))
+                lambda l: duplicate_outcome(l, l["closed"], l["target"], config, policy)))
 
         outcomes = (pair_parts or [pbegin | "NoPairs" >> beam.Create([])]) | "Outcomes" >> beam.Flatten()
 
