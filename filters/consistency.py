@@ -36,6 +36,7 @@ from apache_beam.metrics import Metrics
 from filters.stage import SharedStep, Stage
 from pipelines.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
 from pipelines.embedding import EmbedTexts, model_info
+from pipelines.metrics import StageMetrics
 from pipelines.negatives import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
                                  round_scores, select_negatives, shortage)
 from pipelines.records import RejectPolicy, content_hash, id_bucket, make_reject
@@ -520,13 +521,7 @@ class _Finish(beam.DoFn):
         self.policy = policy
 
     def setup(self):
-        self.counters: dict[str, Any] = {}
-
-    def _count(self, namespace: str, name: str, amount: int = 1):
-        key = (namespace, name)
-        if key not in self.counters:
-            self.counters[key] = Metrics.counter(namespace, name)
-        self.counters[key].inc(amount)
+        self.metrics = {name: StageMetrics(name) for name in (STAGE, NEGATIVES_STAGE)}
 
     def process(self, element):
         _, grouped = element
@@ -535,17 +530,17 @@ class _Finish(beam.DoFn):
         negative_texts = dict(grouped["negative"])
         first = STAGE if self.consistency_on else NEGATIVES_STAGE
         for pair in grouped["pair"]:
-            self._count(first, "pairs_in")
+            self.metrics[first].seen()
             kept, reject, summary = apply_decision(pair, decision, negative_texts, self.consistency_on,
                                                    self.negatives, self.policy)
             yield beam.pvalue.TaggedOutput(self.SUMMARY_TAG, summary)
             if reject is not None:
-                self._count(reject["stage"], f"dropped_{reject['reason']}")
+                self.metrics[reject["stage"]].dropped(reject["reason"])
                 yield beam.pvalue.TaggedOutput(self.REJECTS_TAG, reject)
             else:
-                self._count(first, "pairs_out")
+                self.metrics[first].passed()
                 if self.negatives is not None:
-                    self._count(NEGATIVES_STAGE, "negatives_mined", len(kept["negatives"]))
+                    self.metrics[NEGATIVES_STAGE].count("negatives_mined", len(kept["negatives"]))
                 yield kept
 
 

@@ -10,10 +10,10 @@ import hashlib
 from typing import Any, Iterable
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from filters.stage import Stage
 from pipelines.config import ExactDedupConfig
+from pipelines.metrics import StageMetrics
 from pipelines.records import RejectPolicy, make_reject
 
 STAGE = "exact_dedup"
@@ -57,7 +57,7 @@ class ExactDedup(beam.PTransform):
 
     def expand(self, pairs):
         config, policy = self.config, self.policy
-        duplicates = Metrics.counter(STAGE, "dropped_exact_duplicate")
+        metrics = StageMetrics(STAGE)
 
         def resolve(element):
             key, group = element
@@ -72,7 +72,7 @@ class ExactDedup(beam.PTransform):
                 if not survivor_passed and pair["id"] == survivor["id"]:
                     survivor_passed = True
                     continue
-                duplicates.inc()
+                metrics.dropped("exact_duplicate")
                 yield beam.pvalue.TaggedOutput("rejects", make_reject(
                     pair, stage=STAGE, reason="exact_duplicate",
                     detail={"survivor_id": survivor["id"], "key": key, "rule": config.survivor},

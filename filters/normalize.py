@@ -11,10 +11,10 @@ import unicodedata
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
 from filters.stage import Stage
 from pipelines.config import NormalizeConfig
+from pipelines.metrics import StageMetrics
 from pipelines.records import RejectPolicy, make_reject
 
 STAGE = "normalize"
@@ -100,17 +100,16 @@ class Normalize(beam.PTransform):
 
     def expand(self, pairs):
         config, policy = self.config, self.policy
-        seen = Metrics.counter(STAGE, "in")
-        kept = Metrics.counter(STAGE, "out")
+        metrics = StageMetrics(STAGE)
 
         def apply(pair):
-            seen.inc()
+            metrics.seen()
             normalized, reason, detail = normalize_pair(pair, config)
             if reason is None:
-                kept.inc()
+                metrics.passed()
                 yield normalized
             else:
-                Metrics.counter(STAGE, f"dropped_{reason}").inc()
+                metrics.dropped(reason)
                 yield beam.pvalue.TaggedOutput("rejects", make_reject(
                     pair, stage=STAGE, reason=reason, detail=detail, policy=policy))
 

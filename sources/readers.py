@@ -38,6 +38,7 @@ from apache_beam.metrics import Metrics
 from pydantic import Field
 
 from pipelines.errors import PairCurationError
+from pipelines.metrics import StageMetrics
 from pipelines.records import RejectPolicy, make_input_reject, make_reject, new_pair
 from sources.base import InputError, InputFile, SourceSection, decode_text
 
@@ -567,17 +568,15 @@ class EmitOutcomes(beam.DoFn):
     def __init__(self, source: str):
         self.source = source
         self.rows_counter = Metrics.counter(STAGE, "rows")
-        self.pairs_counter = Metrics.counter(STAGE, "pairs")
-        self.rejects_counter = Metrics.counter(STAGE, "rejects")
+        self.metrics = StageMetrics(STAGE)
 
     def emit(self, outcomes: Iterable[Outcome]):
         for kind, record in outcomes:
             if kind == PAIR:
-                self.pairs_counter.inc()
+                self.metrics.passed()
                 yield record
             else:
-                self.rejects_counter.inc()
-                Metrics.counter(STAGE, f"reject.{record['reason']}").inc()
+                self.metrics.dropped(record["reason"])
                 yield beam.pvalue.TaggedOutput(REJECT, record)
 
 

@@ -65,3 +65,24 @@ def test_a_stage_names_exactly_one_way_to_run():
 
     with pytest.raises(ValueError):
         Stage("broken", config_key=None)
+
+
+def test_stage_counters_share_one_naming_scheme():
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from filters.normalize import Normalize
+    from pipelines.config import NormalizeConfig
+    from pipelines.records import new_pair
+    from tests.helpers import KEEP_TEXTS
+
+    pairs = [new_pair(dataset="d", source="s", query=q, document=d, provenance={"record": str(n)})
+             for n, (q, d) in enumerate([("How do I fix it?", "Turn the knob until it stops."), ("x", "y")])]
+    pipeline = TestPipeline()
+    _ = pipeline | beam.Create(pairs) | Normalize(NormalizeConfig(), KEEP_TEXTS)
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed
+                for c in result.metrics().query(MetricsFilter().with_namespace("normalize"))["counters"]}
+    assert counters == {"in": 2, "out": 1, "dropped_query_too_short": 1}
