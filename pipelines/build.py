@@ -123,9 +123,9 @@ def plan_build(args: argparse.Namespace):
                                  "choose another --output or pass --overwrite to replace it")
             # Uncommit the old release first: while we rebuild, the destination is visibly incomplete.
             store.delete(MANIFEST_KEY)
-        # The source validates its inputs (right kind of files) before anything is hashed or run.
-        context_check = source.read(inputs, source_config, RunContext(source_name=args.source, policy=policy))
-        del context_check
+        # The source plans its read once, here: it validates its inputs (right kind of files) before anything
+        # is hashed or run, and the graph applies this very transform.
+        read = source.read(inputs, source_config, RunContext(source_name=args.source, policy=policy))
         described = describe_inputs(inputs)
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
@@ -154,7 +154,7 @@ def plan_build(args: argparse.Namespace):
         "model": model,
     }
     plan = BuildPlan(source=source, source_config=source_config, config=config, inputs=inputs,
-                     output_uri=output_uri, policy=policy, skipped=skipped, overwrite=args.overwrite,
+                     output_uri=output_uri, policy=policy, read=read, skipped=skipped, overwrite=args.overwrite,
                      static_manifest=static)
     return plan, described
 

@@ -23,7 +23,7 @@ from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, fi
                                       summarize_rejects)
 from pipelines.report import render_report
 from pipelines.schema import CARD_KEY, DATA_PREFIX, REJECTS_PREFIX, REPORT_KEY
-from sources.base import InputFile, RunContext, Source
+from sources.base import InputFile, Source
 
 
 @dataclass
@@ -35,6 +35,8 @@ class BuildPlan:
     output_uri: str
     # What rejects may carry, decided once from release.reject_texts; every source and stage gets this one.
     policy: RejectPolicy
+    # The source's read transform, planned once by the build (inputs validated, units planned).
+    read: beam.PTransform
     skipped: list[str] = field(default_factory=list)
     overwrite: bool = False
     # Everything reproducible the manifest says about the run: project, source, config, inputs, model.
@@ -128,8 +130,7 @@ def _count_by(pcoll, label: str, key_fn):
 
 def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     """Adds the whole build to ``pipeline``; returns the PCollection holding the final manifest."""
-    context = RunContext(source_name=plan.source.name, policy=plan.policy)
-    read = pipeline | "Read" >> plan.source.read(plan.inputs, plan.source_config, context)
+    read = pipeline | "Read" >> plan.read
     pairs = read["pairs"]
     reject_parts = [read["rejects"]]
     report_parts = []
