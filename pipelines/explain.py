@@ -241,7 +241,8 @@ def _stage_decisions(manifest: dict[str, Any], status: str, record: dict[str, An
     scores = record.get("scores") if isinstance(record.get("scores"), dict) else {}
     decisions = []
     reached = True
-    for stage in ALL_STAGES:
+    # The built-in stages in graph order, then any other stage this release ran (the funnel lists them).
+    for stage in list(ALL_STAGES) + [stage for stage in run if stage not in ALL_STAGES]:
         if stage in skipped:
             decisions.append({"stage": stage, "decision": "skipped"})
             continue

@@ -18,7 +18,8 @@ from typing import Any, Iterable
 
 from pipelines.schema import PAIR_LINE_KEYS, REJECT_LINE_KEYS
 
-# Stages that can be left out with --skip, in graph order. "read" and "release" cannot be skipped.
+# The built-in stages in graph order, for the release readers (explain, report). The build and the graph know
+# stages only through filters.registry (tests/test_stage_registry.py checks the two agree).
 SKIPPABLE_STAGES = ("normalize", "exact_dedup", "minhash", "consistency", "negatives")
 ALL_STAGES = ("read",) + SKIPPABLE_STAGES
 

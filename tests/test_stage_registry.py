@@ -7,8 +7,10 @@ import json
 import pytest
 
 from filters import registry
+from pipelines import explain
 from pipelines.config import PipelineConfig
 from pipelines.records import SKIPPABLE_STAGES
+from pipelines.release.stores import open_store
 from tests.helpers import release_rejects, release_rows, run_build
 
 FAST = ("--skip", "consistency", "--skip", "negatives")
@@ -42,6 +44,11 @@ def test_a_toy_stage_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
     assert {r["reason"] for r in release_rejects(out) if r["stage"] == "toy"} == {"mentions_toy"}
     assert all("toy" not in row["query"] for row in release_rows(out, "custom_pairs"))
     assert manifest["stage_reports"]["toy"]["rule"] == "query mentions toy"
+    # explain follows a pair through the toy stage too.
+    [dropped] = [r for r in release_rejects(out) if r["stage"] == "toy"][:1]
+    lineage = explain.lineage_json(explain.explain(explain.Release(open_store(str(out))), dropped["id"]))
+    assert {"stage": "toy", "decision": "dropped"}.items() <= \
+        next(d for d in lineage["stages"] if d["stage"] == "toy").items()
 
     skipped = tmp_path / "skipped"
     assert run_build("--source", "jsonl", "--input", str(_inputs(tmp_path)), "--output", str(skipped),
