@@ -13,16 +13,17 @@ name the same ``SharedStep``; the graph runs consecutive active stages with the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
-
-import apache_beam as beam
+from typing import TYPE_CHECKING, Any, Callable
 
 from pipelines.records import RejectPolicy
 
+if TYPE_CHECKING:  # Beam is not imported to list stage names (--help stays instant)
+    import apache_beam as beam
+
 # (the whole configuration, the reject policy) -> the stage's composite transform.
-StageTransform = Callable[[Any, RejectPolicy], beam.PTransform]
+StageTransform = Callable[[Any, RejectPolicy], "beam.PTransform"]
 # (the whole configuration, the reject policy, the names of the active stages that share it) -> one transform.
-SharedTransform = Callable[[Any, RejectPolicy, tuple[str, ...]], beam.PTransform]
+SharedTransform = Callable[[Any, RejectPolicy, tuple[str, ...]], "beam.PTransform"]
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ def _inputs(tmp_path):
 
 
 def test_a_toy_stage_is_one_module_and_one_registry_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(registry, "STAGE_MODULES", registry.STAGE_MODULES + ["tests.stages.toy"])
+    monkeypatch.setattr(registry, "STAGE_MODULES", {**registry.STAGE_MODULES, "toy": "tests.stages.toy"})
     out = tmp_path / "out"
     assert run_build("--source", "jsonl", "--input", str(_inputs(tmp_path)), "--output", str(out), *FAST) == 0
     manifest = json.loads((out / "manifest.json").read_text())
@@ -93,3 +93,14 @@ def test_stage_counters_share_one_naming_scheme():
     counters = {c.key.metric.name: c.committed
                 for c in result.metrics().query(MetricsFilter().with_namespace("normalize"))["counters"]}
     assert counters == {"in": 2, "out": 1, "dropped_query_too_short": 1}
+
+
+def test_the_command_line_lists_stages_without_importing_them():
+    """--skip's choices come from the registry's names: --help and usage errors do not load Beam or the stages."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; from pipelines.build import make_parser; make_parser(); "
+             "print(sorted(m for m in ('apache_beam', 'filters.normalize', 'filters.consistency') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
