@@ -56,7 +56,8 @@ class _Blocks:
         self._inline: list[str] = []
 
     def inline(self, text: str) -> None:
-        self._inline.append(text)
+        # A line break in HTML source is a space on the page; only <br> breaks a line.
+        self._inline.append(text.replace("\r", " ").replace("\n", " "))
 
     def line_break(self) -> None:
         self._inline.append("\n")
