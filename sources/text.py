@@ -37,6 +37,11 @@ _DROPPED_TAGS = frozenset({"script", "style", "head", "title", "noscript", "temp
 STOCK_ALT_TEXTS = frozenset({"enter image description here"})
 # Any whitespace (Unicode included: no-break, em, ideographic spaces) outside code becomes one space.
 _SPACES = re.compile(r"\s+")
+# Image Markdown the site failed to render ("[![enter image description here][1]][1]") shows on the page as
+# literal text; with the stock alt text it says nothing, so it goes like the stock alt of a real image.
+_STOCK_IMAGE_MARKDOWN = re.compile(
+    r"\[?!\[enter image description here\](?:\[[^\]\n]*\]|\([^)\n]*\))?(?:\](?:\[[^\]\n]*\]|\([^)\n]*\))?)?",
+    re.IGNORECASE)
 # Beyond this depth the rest of a subtree is read as flat text (lxml already caps nesting at 256).
 _MAX_DEPTH = 120
 _MAX_LIST_START = 10**9
@@ -65,7 +70,10 @@ class _Blocks:
     def flush(self) -> None:
         if not self._inline:
             return
-        lines = [_SPACES.sub(" ", line).strip() for line in "".join(self._inline).split("\n")]
+        text = "".join(self._inline)
+        if "!" in text:
+            text = _STOCK_IMAGE_MARKDOWN.sub(" ", text)
+        lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
         self._inline = []
         while lines and not lines[0]:
             lines.pop(0)
