@@ -98,6 +98,13 @@ def plan_dump(inputs: list[InputFile], configured_site: str | None, read_links: 
                              "after the site (cardano.stackexchange.com/Posts.xml, cardano.stackexchange.com.7z) "
                              "or set --set source.site=SITE")
         planned.append(DumpFile(file=item, site=site, tables=tables, archive=archive))
+    seen: dict[str, str] = {}
+    for dump in planned:
+        other = seen.setdefault(dump.file.name, dump.file.uri)
+        if other != dump.file.uri:
+            # Provenance and the manifest name inputs by this name: two files under one name cannot be told apart.
+            raise InputError(f"inputs {other} and {dump.file.uri} are both named {dump.file.name!r}: pass their "
+                             "folders (--input dumps/SITE, or a glob of folders) so each keeps its site in its name")
     if not any(POSTS in dump.tables for dump in planned):
         raise InputError("no Posts.xml or site .7z archive among the inputs: pass a site dump folder, "
                          "its .7z, or a glob of them")

@@ -12,7 +12,7 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from sources.base import InputFile
+from sources.base import InputError, InputFile
 from sources.stackexchange_layout import archive_tables, plan_dump, site_in_name
 from tests.helpers import release_rejects, release_rows, run_build
 
@@ -52,6 +52,12 @@ def test_only_tables_read_are_planned():
     assert [d.file.name for d in plan_dump(files, None, True)] == ["cardano.stackexchange.com/PostLinks.xml",
                                                                    "cardano.stackexchange.com/Posts.xml"]
     assert [d.file.name for d in plan_dump(files, None, False)] == ["cardano.stackexchange.com/Posts.xml"]
+    # a glob of files names each by its base name: two sites' Posts.xml would share one name
+    same_name = [InputFile(f"/d/{site}/Posts.xml", "Posts.xml", 1)
+                 for site in ("cardano.stackexchange.com", "coffee.stackexchange.com")]
+    with pytest.raises(InputError, match="both named 'Posts.xml'"):
+        plan_dump(same_name, None, True)
+    assert plan_dump(same_name[:1], None, True)[0].site == "cardano.stackexchange.com"
 
 
 def test_dump_in_a_folder_named_data_is_refused_or_named_by_source_site(shared_data, tmp_path):
