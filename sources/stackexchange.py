@@ -25,7 +25,7 @@ from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
 from pipelines.records import make_input_reject, new_pair
-from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
+from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources import stackexchange_rows as row_outcomes
 from sources.stackexchange_layout import LINKS, POSTS as POSTS_TABLE, DumpFile, missing_links_warnings, plan_dump
