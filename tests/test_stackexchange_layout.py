@@ -13,7 +13,8 @@ import py7zr
 import pytest
 
 from sources.base import InputError, InputFile
-from sources.stackexchange_layout import archive_tables, plan_dump, site_in_name
+from sources.stackexchange_layout import (archive_tables, missing_links_line, missing_links_warnings, plan_dump,
+                                          site_in_name)
 from tests.helpers import release_rejects, release_rows, run_build
 
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")
@@ -58,6 +59,19 @@ def test_only_tables_read_are_planned():
     with pytest.raises(InputError, match="both named 'Posts.xml'"):
         plan_dump(same_name, None, True)
     assert plan_dump(same_name[:1], None, True)[0].site == "cardano.stackexchange.com"
+
+
+def test_a_site_archive_without_postlinks_is_warned_about_before_the_run(shared_data, tmp_path):
+    posts = shared_data / "stackexchange" / "coffee.stackexchange.com" / "Posts.xml"
+    archive = tmp_path / "coffee.stackexchange.com.7z"
+    with py7zr.SevenZipFile(archive, "w") as seven_zip:
+        seven_zip.write(posts, "Posts.xml")
+    planned = plan_dump([InputFile(str(archive), archive.name, archive.stat().st_size)], None, True)
+    assert [(dump.site, dump.tables) for dump in planned] == [("coffee.stackexchange.com", ("Posts.xml", "PostLinks.xml"))]
+    assert missing_links_warnings(planned) == [missing_links_line("coffee.stackexchange.com")]
+    with py7zr.SevenZipFile(archive, "a") as seven_zip:
+        seven_zip.writestr("<postlinks>\n</postlinks>\n", "PostLinks.xml")
+    assert missing_links_warnings(planned) == []
 
 
 def test_dump_in_a_folder_named_data_is_refused_or_named_by_source_site(shared_data, tmp_path):
