@@ -15,6 +15,7 @@ STAGE_MODULES = {
     "normalize": "filters.normalize",
     "exact_dedup": "filters.exact_dedup",
     "minhash": "filters.minhash",
+    "decontaminate": "filters.decontaminate",
     "consistency": "filters.consistency",
     "negatives": "filters.negatives",
 }

@@ -129,6 +129,8 @@ def plan_build(args: argparse.Namespace):
         # is hashed or run, and the graph applies this very transform.
         read = source.read(inputs, source_config, RunContext(source_name=args.source, policy=policy))
         described = describe_inputs(inputs)
+        evaluation = (describe_inputs(expand_inputs(config.decontaminate.inputs))
+                      if "decontaminate" not in skipped else [])
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -155,6 +157,8 @@ def plan_build(args: argparse.Namespace):
         "inputs": [{k: item[k] for k in ("name", "bytes", "sha256")} for item in described],
         "model": model,
     }
+    if evaluation:  # the evaluation texts decontaminate compared against (name, size, sha256)
+        static["evaluation_inputs"] = [{k: item[k] for k in ("name", "bytes", "sha256")} for item in evaluation]
     plan = BuildPlan(source=source, source_config=source_config, config=config, inputs=inputs,
                      output_uri=output_uri, policy=policy, read=read, skipped=skipped, overwrite=args.overwrite,
                      static_manifest=static)

