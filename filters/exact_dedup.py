@@ -75,7 +75,8 @@ class ExactDedup(beam.PTransform):
                 metrics.dropped("exact_duplicate")
                 yield beam.pvalue.TaggedOutput("rejects", make_reject(
                     pair, stage=STAGE, reason="exact_duplicate",
-                    detail={"survivor_id": survivor["id"], "key": key, "rule": config.survivor},
+                    detail={"survivor_id": survivor["id"], "survivor_dataset": survivor["dataset"], "key": key,
+                            "rule": config.survivor},
                     policy=policy))
 
         result = (pairs

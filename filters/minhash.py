@@ -464,10 +464,29 @@ class MinHashDedup(beam.PTransform):
                    | "Decide" >> beam.FlatMap(decide).with_outputs("clusters", main="removed"))
         removed = decided.removed
 
+        keyed_pairs = valid | "KeyPairs" >> beam.Map(lambda pair: (pair["id"], pair))
+        decisions = {"pair": keyed_pairs, "removed": removed}
+        if config.scope == "all":
+            # Across datasets a reject also names the survivor's dataset (one more join, by survivor id).
+            def survivor_dataset(element):
+                _, grouped = element
+                survivors = list(grouped["survivor"])
+                if survivors:
+                    for member in grouped["members"]:
+                        yield member, survivors[0]["dataset"]
+
+            decisions["survivor_dataset"] = (
+                {"survivor": keyed_pairs,
+                 "members": removed | "BySurvivor" >> beam.MapTuple(lambda member, d: (d["survivor_id"], member))}
+                | "JoinSurvivor" >> beam.CoGroupByKey()
+                | "SurvivorDataset" >> beam.FlatMap(survivor_dataset))
+
         # 6. Pairs meet their decisions.
         def emit(element):
             _, grouped = element
             details = list(grouped["removed"])
+            if details and grouped.get("survivor_dataset"):
+                details[0] = {**details[0], "survivor_dataset": sorted(grouped["survivor_dataset"])[0]}
             for pair in grouped["pair"]:
                 if details:
                     dropped.inc()
@@ -477,8 +496,7 @@ class MinHashDedup(beam.PTransform):
                     counted_out.inc()
                     yield pair
 
-        final = ({"pair": valid | "KeyPairs" >> beam.Map(lambda pair: (pair["id"], pair)),
-                  "removed": removed}
+        final = (decisions
                  | "JoinDecisions" >> beam.CoGroupByKey()
                  | "Emit" >> beam.FlatMap(emit).with_outputs("rejects", main="pairs"))
         rejects = (final.rejects, checked.malformed) | "AllRejects" >> beam.Flatten()

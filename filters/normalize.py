@@ -123,4 +123,4 @@ class Normalize(beam.PTransform):
 
 
 STAGE_SPEC = Stage(STAGE, config_key="normalize",
-                   transform=lambda config, policy: Normalize(config.normalize, policy))
+                   transform=lambda config, policy: Normalize(config.normalize, policy), per_source=True)

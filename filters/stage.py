@@ -45,12 +45,16 @@ class Stage:
       the stage off like --skip (and is recorded the same way, in the manifest's skipped_stages).
     transform: builds its composite transform (unused when it runs inside ``shared``).
     shared: the shared step it runs inside, if any.
+    per_source: in a mixture, run per source with its own config (normalize), not once over the union.
     """
 
     name: str
     config_key: str | None
     transform: StageTransform | None = None
     shared: SharedStep | None = None
+    # In a mixture build: runs on each source's pairs with that source's own settings, before the sources
+    # meet (False: runs once over the union with the mixture's shared settings).
+    per_source: bool = False
 
     def __post_init__(self):
         if (self.transform is None) == (self.shared is None):

@@ -29,6 +29,7 @@ examples:
       --set consistency.top_k=3 --set negatives.num_negatives=5
   python -m pipelines.build --source jsonl --input pairs.jsonl --set source.dataset=my_pairs \\
       --skip consistency --skip negatives --output s3://my-bucket/releases/my_pairs
+  python -m pipelines.build --mixture configs/mixtures/example.yaml --output releases/mixture
   python -m pipelines.build --source stackexchange --input 'dumps/*.stackexchange.com' \\
       --direct_num_workers 2 --direct_running_mode multi_processing
 
@@ -49,8 +50,12 @@ def make_parser() -> argparse.ArgumentParser:
                     "normalize, exact dedup, MinHash near-dup removal, embedding-consistency filter, hard "
                     "negatives, then shards + rejects + manifest in a local folder or an S3 bucket.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    parser.add_argument("--source", required=True, choices=source_names(), metavar="NAME",
-                        help=f"which reader: {', '.join(source_names())}")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source", choices=source_names(), metavar="NAME",
+                       help=f"which reader: {', '.join(source_names())}")
+    which.add_argument("--mixture", metavar="FILE",
+                       help="build one release from several sources (YAML: configs/mixtures/README.md); "
+                            "--config, --input and --set are then given per source in FILE")
     parser.add_argument("--config", metavar="FILE",
                         help="YAML configuration (default: configs/NAME.yaml), e.g. --config my.yaml")
     parser.add_argument("--input", action="append", default=[], metavar="URI",
@@ -94,6 +99,13 @@ def project_identity() -> dict[str, Any]:
 
 def plan_build(args: argparse.Namespace):
     """Everything decided before the graph runs. Raises UsageError (exit 2) for anything the user must fix."""
+    if getattr(args, "mixture", None):
+        if args.config or args.input or args.overrides:
+            raise UsageError("--mixture takes --config, --input and --set per source inside the mixture file")
+        from pipelines.mixture import plan_mixture
+
+        return plan_mixture(args, project_identity(),
+                            str(REPO_ROOT / "releases" / f"mixture-{Path(args.mixture).stem}"))
     from filters.registry import stages
     from pipelines.config import ConfigError, config_hash, load_config, resolved_dict
     from pipelines.graph import BuildPlan
@@ -216,7 +228,7 @@ def _build_command(argv: list[str]) -> int:
 
     started = time.time()
     write_run_record(plan, described, argv, started)
-    print(f"building {args.source} release -> {plan.output_uri} "
+    print(f"building {args.source or 'mixture'} release -> {plan.output_uri} "
           f"({len(plan.inputs)} input file(s), stages: {', '.join(plan.active_stages) or 'none'})",
           file=sys.stderr)
     try:

@@ -291,14 +291,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(source_name: str, source_model: type[BaseModel], config_path: str | Path | None = None,
-                overrides: list[str] | None = None) -> tuple[PipelineConfig, BaseModel]:
-    """Read, override and validate. Returns the pipeline config and the source's validated config."""
+                overrides: list[str] | None = None, values: dict[str, Any] | None = None
+                ) -> tuple[PipelineConfig, BaseModel]:
+    """Read, override and validate. Returns the pipeline config and the source's validated config.
+
+    ``overrides`` are --set KEY=VALUE strings; ``values`` the same as a mapping of dotted keys to values (a
+    mixture's ``set:``), applied after them."""
     # A missing file is an error, never a silent fall-back to the models' defaults (quora's ngram would vanish).
     path = Path(config_path) if config_path else CONFIG_DIR / f"{source_name}.yaml"
     tree = read_yaml(path)
     for override in overrides or []:
         key_path, value = parse_override(override)
         _apply_override(tree, key_path, value)
+    apply_values(tree, values or {})
     if not isinstance(tree.get("source", {}), dict):
         raise ConfigError("config key 'source' must be a section")
     try:
@@ -321,3 +326,56 @@ def resolved_dict(config: PipelineConfig) -> dict[str, Any]:
 def config_hash(config: PipelineConfig) -> str:
     canonical = json.dumps(resolved_dict(config), sort_keys=True, ensure_ascii=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def apply_values(tree: dict[str, Any], values: dict[str, Any]) -> None:
+    """Dotted keys -> values into a config tree (a mixture's ``set:``), as --set does."""
+    for key, value in values.items():
+        path = str(key).split(".")
+        if not all(path):
+            raise ConfigError(f"set has an empty key in {key!r}")
+        _apply_override(tree, path, value)
+
+
+# ----------------------------------------------------------------------------------------- mixtures
+
+class MixtureSource(Section):
+    """One source of a mixture (``python -m pipelines.build --mixture FILE``)."""
+
+    source: str
+    # Its configuration file (default: the shipped configs/SOURCE.yaml); relative to the mixture file.
+    config: str | None = None
+    # As --input; relative paths are relative to the mixture file. Absent: the source's default download.
+    inputs: list[str] | None = None
+    # Overrides of this source's config, as --set (dotted keys). Shared stages take the first source's.
+    set: dict[str, Any] = Field(default_factory=dict)
+    # The trainer's sampling weight of this source's datasets (contrastors.yaml).
+    weight: float = Field(1.0, gt=0)
+
+
+class MixtureDecontaminate(Section):
+    """A mixture's decontaminate section: present = on."""
+
+    inputs: list[str] = Field(min_length=1)
+    text_field: str | list[str] = "text"
+    ngram: int = Field(13, ge=1, le=64)
+    max_matches: int = Field(10, ge=1)
+
+
+class MixtureFile(Section):
+    sources: list[MixtureSource] = Field(min_length=1)
+    # Overrides of the shared stages' settings (dotted keys), applied over the first source's.
+    set: dict[str, Any] = Field(default_factory=dict)
+    decontaminate: MixtureDecontaminate | None = None
+    # Stages left out, as --skip.
+    skip: list[str] = Field(default_factory=list)
+
+
+def load_mixture(path: Path) -> MixtureFile:
+    """Read and validate a mixture file strictly (an unknown key is one line naming it)."""
+    tree = read_yaml(path)
+    try:
+        return MixtureFile.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"mixture {path}: " + _format_validation_error(exc).replace("config key", "key")
+                          ) from None

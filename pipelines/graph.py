@@ -27,6 +27,15 @@ from sources.base import InputFile, Source
 
 
 @dataclass
+class SourcePart:
+    """One source of a mixture build: its read transform and its own configuration (for per-source stages)."""
+
+    name: str
+    config: PipelineConfig
+    read: beam.PTransform
+
+
+@dataclass
 class BuildPlan:
     source: Source
     source_config: Any
@@ -41,6 +50,11 @@ class BuildPlan:
     overwrite: bool = False
     # Everything reproducible the manifest says about the run: project, source, config, inputs, model.
     static_manifest: dict[str, Any] = field(default_factory=dict)
+    # A mixture build: every source read and run through its per-source stages, then the union through the
+    # shared stages (``config``). Empty: one source, ``read``.
+    parts: list[SourcePart] = field(default_factory=list)
+    license_id: str | None = None
+    attribution: str | None = None
 
     @property
     def active_stages(self) -> list[str]:
@@ -53,8 +67,8 @@ def stage_transforms(plan: BuildPlan) -> list[tuple[str, beam.PTransform]]:
     active = plan.active_stages
     transforms: list[tuple[str, beam.PTransform]] = []
     for stage in stages():
-        if stage.name not in active:
-            continue
+        if stage.name not in active or (plan.parts and stage.per_source):
+            continue  # a mixture ran its per-source stages before the union
         if stage.shared is None:
             transforms.append((stage.name, stage.transform(plan.config, plan.policy)))
         elif stage.shared.name not in {label for label, _ in transforms}:
@@ -77,8 +91,10 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples, stats, input_rows=()):
+                samples, stats, input_rows=(), dataset_owners=()):
         store = open_store(self.output_uri)
+        if "mixture" in self.static:
+            self.static = _with_mixture_datasets(self.static, list(dataset_owners))
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
         funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
                                              final_rows)
@@ -118,6 +134,23 @@ class _Finalize(beam.DoFn):
         yield final
 
 
+def _with_mixture_datasets(static: dict[str, Any], owners: list[tuple[str, int]]) -> dict[str, Any]:
+    """Each mixture source's datasets into the manifest; a dataset two sources produce is refused (their pairs
+    would share one folder and one weight)."""
+    by_dataset: dict[str, set[int]] = {}
+    for dataset, index in owners:
+        by_dataset.setdefault(dataset, set()).add(index)
+    clashes = {dataset: sorted(indexes) for dataset, indexes in by_dataset.items() if len(indexes) > 1}
+    if clashes:
+        dataset, indexes = sorted(clashes.items())[0]
+        raise ValueError(f"dataset {dataset!r} is produced by mixture sources {indexes}: dataset names must be "
+                         "unique across a mixture")
+    sources = [dict(entry) for entry in static["mixture"]["sources"]]
+    for index, entry in enumerate(sources):
+        entry["datasets"] = sorted(dataset for dataset, owners_of in by_dataset.items() if index in owners_of)
+    return {**static, "mixture": {**static["mixture"], "sources": sources}}
+
+
 def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
                    license_id: str, attribution: str) -> str:
     # matplotlib is a dependency: a missing one fails the build loudly instead of dropping report.html.
@@ -130,17 +163,62 @@ def _count_by(pcoll, label: str, key_fn):
             | f"{label}Sum" >> beam.CombinePerKey(sum))
 
 
+def _read_mixture(pipeline: beam.Pipeline, plan: BuildPlan):
+    """Every source of a mixture read and run through its per-source stages (its own settings), then united.
+    Returns (read output like a source's, read pairs for counting, rejects of the per-source stages, reports,
+    (dataset, source index) pairs)."""
+    per_source = [stage for stage in stages() if stage.per_source and stage.name in plan.active_stages]
+    pairs_parts, read_pairs, rejects, row_rejects, input_rows, owners, reports = [], [], [], [], [], [], []
+    for index, part in enumerate(plan.parts):
+        label = f"Source{index}"
+        read = pipeline | f"{label}Read" >> part.read
+        pairs = read["pairs"]
+        read_pairs.append(pairs)
+        rejects.append(read["rejects"])
+        if read.get("row_rejects") is not None:
+            row_rejects.append(read["row_rejects"])
+        if read.get("input_rows") is not None:
+            input_rows.append(read["input_rows"])
+        owners.append(pairs | f"{label}Datasets" >> beam.Map(lambda pair, i=index: (pair["dataset"], i))
+                      | f"{label}DistinctDatasets" >> beam.Distinct())
+        for stage in per_source:
+            if not stage.enabled(part.config):
+                continue
+            result = pairs | f"{label}{stage.name}" >> stage.transform(part.config, plan.policy)
+            pairs = result["pairs"]
+            rejects.append(result["rejects"])
+            if "report" in result:
+                reports.append(result["report"]
+                               | f"{label}{stage.name}Report" >> beam.Map(lambda r, i=index: {
+                                   **r, "stage": f"{r.get('stage', stage.name)}[{i}]"}))
+        pairs_parts.append(pairs)
+    united = {
+        "pairs": pairs_parts | "UnitePairs" >> beam.Flatten(),
+        "rejects": rejects | "UniteSourceRejects" >> beam.Flatten(),
+        "row_rejects": (row_rejects | "UniteRowRejects" >> beam.Flatten()) if row_rejects else None,
+        "input_rows": (input_rows | "UniteInputRows" >> beam.Flatten()) if input_rows else None,
+    }
+    read_all = read_pairs | "UniteReadPairs" >> beam.Flatten()
+    dataset_owners = owners | "UniteDatasetOwners" >> beam.Flatten()
+    return united, read_all, reports, dataset_owners
+
+
 def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     """Adds the whole build to ``pipeline``; returns the PCollection holding the final manifest."""
-    read = pipeline | "Read" >> plan.read
+    report_parts = []
+    if plan.parts:
+        read, read_pairs, report_parts, dataset_owners = _read_mixture(pipeline, plan)
+    else:
+        read = pipeline | "Read" >> plan.read
+        read_pairs = read["pairs"]
+        dataset_owners = pipeline | "NoDatasetOwners" >> beam.Create([])
     pairs = read["pairs"]
     reject_parts = [read["rejects"]]
     # Rows that could not be read are rejects on disk but not pair candidates: the funnel leaves them out and
     # the input-row accounting counts them.
     row_rejects = read.get("row_rejects")
     input_rows = read.get("input_rows") or (pipeline | "NoInputRows" >> beam.Create([]))
-    report_parts = []
-    read_counts = _count_by(pairs, "ReadCount", lambda pair: pair["dataset"])
+    read_counts = _count_by(read_pairs, "ReadCount", lambda pair: pair["dataset"])
 
     for label, transform in stage_transforms(plan):
         result = pairs | label >> transform
@@ -166,7 +244,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     stats = (pairs, rejects) | "Stats" >> ReleaseStats()
 
     finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,
-                         plan.source.license_id, release.attribution or plan.source.attribution,
+                         plan.license_id or plan.source.license_id,
+                         release.attribution or plan.attribution or plan.source.attribution,
                          release.pretty_name)
     return (pipeline
             | "FinalizeTrigger" >> beam.Create([None])
@@ -179,7 +258,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 stage_reports=beam.pvalue.AsList(stage_reports),
                 samples=beam.pvalue.AsList(samples),
                 stats=beam.pvalue.AsList(stats),
-                input_rows=beam.pvalue.AsList(input_rows)))
+                input_rows=beam.pvalue.AsList(input_rows),
+                dataset_owners=beam.pvalue.AsList(dataset_owners)))
 
 
 SAMPLES_PER_GROUP = 5

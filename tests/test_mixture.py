@@ -1,0 +1,109 @@
+"""Mixture builds: three sources in one graph, one release, duplicates removed across datasets,
+decontamination against evaluation texts, every dataset with its weight."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pipelines import verify
+from tests.helpers import release_rejects, release_rows, run_build
+
+SPAN = "brew the beans slowly at ninety two degrees for exactly four minutes before you press them"
+PLANTED_QUERY = "How can I be a good geologist?"  # a Quora duplicate pair, repeated in my_pairs
+PLANTED_DOCUMENT = "What should I do to be a great geologist?"
+
+
+def _own_pairs(tmp_path):
+    rows = [{"id": f"own{n}", "query": f"Which grinder setting suits brew method {n}?",
+             "document": f"Setting {n} on the burr grinder gives an even grind for method {n} every time."}
+            for n in range(6)]
+    rows.append({"id": "dup", "query": PLANTED_QUERY, "document": PLANTED_DOCUMENT})
+    rows.append({"id": "eq", "query": "What is the ideal espresso dose for a double shot?",
+                 "document": "Most baristas use eighteen to twenty grams of ground coffee."})
+    rows.append({"id": "span", "query": "How long should a French press steep?",
+                 "document": f"My routine: {SPAN}, then pour."})
+    path = tmp_path / "my_pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    evals = tmp_path / "eval_texts.jsonl"
+    evals.write_text("".join(json.dumps(row) + "\n" for row in [
+        {"text": "what is the IDEAL espresso dose for a double shot"},
+        {"text": f"In the benchmark passage we {SPAN} and serve."}]))
+    return path, evals
+
+
+def _mixture(tmp_path, shared_data, **extra):
+    own, evals = _own_pairs(tmp_path)
+    mixture = {
+        "sources": [
+            {"source": "jsonl", "inputs": [own.name], "set": {"source.dataset": "my_pairs"}, "weight": 3.0},
+            {"source": "stackexchange", "inputs": [str(shared_data / "stackexchange" / "coffee.stackexchange.com")],
+             "weight": 2.0},
+            {"source": "quora", "inputs": [str(shared_data / "quora")]},
+        ],
+        "decontaminate": {"inputs": [evals.name], "text_field": "text", "ngram": 13},
+        "skip": ["consistency", "negatives"],
+        **extra,
+    }
+    path = tmp_path / "mixture.yaml"
+    path.write_text(yaml.safe_dump(mixture, sort_keys=False))
+    return path
+
+
+def test_three_sources_one_release(tmp_path, shared_data):
+    out = tmp_path / "release"
+    assert run_build("--mixture", str(_mixture(tmp_path, shared_data)), "--output", str(out)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    datasets = set(manifest["datasets"])
+    assert {"my_pairs", "quora_duplicates", "stackexchange_title_body"} <= datasets
+    by_source = {entry["source"]: entry for entry in manifest["mixture"]["sources"]}
+    assert by_source["jsonl"]["datasets"] == ["my_pairs"] and by_source["jsonl"]["weight"] == 3.0
+    assert "quora_duplicates" in by_source["quora"]["datasets"]
+    assert {d for entry in by_source.values() for d in entry["datasets"]} >= datasets
+    assert manifest["config"]["exact_dedup"]["scope"] == "all"
+
+    rejects = release_rejects(out)
+    # The planted pair is in my_pairs and quora_duplicates: one copy survives, its reject names the other.
+    planted = [r for r in rejects if r["stage"] in ("exact_dedup", "minhash") and r["query"] == PLANTED_QUERY]
+    assert len(planted) == 1
+    survivor_dataset = planted[0]["detail"]["survivor_dataset"]
+    assert {planted[0]["dataset"], survivor_dataset} == {"my_pairs", "quora_duplicates"}
+    kept = [row for dataset in datasets for row in release_rows(out, dataset) if row["query"] == PLANTED_QUERY]
+    assert [row["dataset"] for row in kept] == [survivor_dataset]
+
+    # Exactly the planted contamination, each with its reason and evidence.
+    contaminated = {r["id"]: r for r in rejects if r["stage"] == "decontaminate"}
+    assert {r["query"] for r in contaminated.values()} == {
+        "What is the ideal espresso dose for a double shot?", "How long should a French press steep?"}
+    assert {r["reason"] for r in contaminated.values()} == {"contaminated"}
+    details = {r["detail"]["match"]: r["detail"] for r in contaminated.values()}
+    assert details["text"]["evaluation_record"] == "eval_texts.jsonl:1" and details["text"]["field"] == "query"
+    assert details["ngram"]["evaluation_record"] == "eval_texts.jsonl:2" and details["ngram"]["field"] == "document"
+    assert [item["name"] for item in manifest["evaluation_inputs"]] == ["eval_texts.jsonl"]
+
+    # The funnel covers every source's datasets; verify accepts the release.
+    assert set(manifest["funnel"]["per_dataset"]) >= datasets
+    assert verify.main([str(out)]) == 0
+
+
+def test_mixture_errors_are_one_line(tmp_path, shared_data, capsys):
+    own, _ = _own_pairs(tmp_path)
+    cases = {
+        "dataset 'my_pairs'": {"sources": [
+            {"source": "jsonl", "inputs": [str(own)], "set": {"source.dataset": "my_pairs"}},
+            {"source": "jsonl", "inputs": [str(own)], "set": {"source.dataset": "my_pairs"}}]},
+        "unknown key 'sources.0.wieght'": {"sources": [{"source": "jsonl", "inputs": [str(own)], "wieght": 2}]},
+        "shared stages take the first source's": {"sources": [
+            {"source": "jsonl", "inputs": [str(own)]},
+            {"source": "quora", "inputs": [str(shared_data / "quora")], "set": {"minhash.threshold": 0.9}}]},
+        "unknown source 'nope'": {"sources": [{"source": "nope"}]},
+    }
+    for expected, mixture in cases.items():
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(mixture))
+        assert run_build("--mixture", str(path), "--output", str(tmp_path / "never")) == 2, expected
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], (expected, err)
+    assert not (tmp_path / "never" / "manifest.json").exists()
