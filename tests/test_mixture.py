@@ -107,3 +107,10 @@ def test_mixture_errors_are_one_line(tmp_path, shared_data, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0], (expected, err)
     assert not (tmp_path / "never" / "manifest.json").exists()
+
+
+def test_the_shipped_example_validates():
+    from pipelines.config import CONFIG_DIR, load_mixture
+
+    mixture = load_mixture(CONFIG_DIR / "mixtures" / "example.yaml")
+    assert [entry.source for entry in mixture.sources] == ["stackexchange", "quora", "amazon", "news"]
