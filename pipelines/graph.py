@@ -13,6 +13,7 @@ from typing import Any
 import apache_beam as beam
 
 from filters.registry import stage_names, stages
+from pipelines import pair_map as pair_map_lib
 from pipelines.config import PipelineConfig
 from pipelines.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
@@ -91,7 +92,7 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples, stats, input_rows=(), dataset_owners=()):
+                samples, stats, input_rows=(), dataset_owners=(), pair_map=()):
         store = open_store(self.output_uri)
         if "mixture" in self.static:
             self.static = _with_mixture_datasets(self.static, list(dataset_owners))
@@ -104,14 +105,16 @@ class _Finalize(beam.DoFn):
         draft = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
                                             files=files)
-        report_html = _render_report(draft, samples, stats, self.license_id, self.attribution)
+        the_map = pair_map[0] if pair_map else None
+        report_html = render_report(draft, samples, stats, license_id=self.license_id,
+                                    attribution=self.attribution, pair_map=the_map)
         if report_html is not None:
             report_bytes = report_html.encode("utf-8")
             store.put_bytes(REPORT_KEY, report_bytes, content_type="text/html; charset=utf-8")
             files.append(file_entry(REPORT_KEY, report_bytes))
         card_bytes = card.render_card(draft, license_id=self.license_id, attribution=self.attribution,
-                                      pretty_name=self.pretty_name, has_report=report_html is not None
-                                      ).encode("utf-8")
+                                      pretty_name=self.pretty_name, has_report=report_html is not None,
+                                      map_projection=the_map["projection"] if the_map else "").encode("utf-8")
         store.put_bytes(CARD_KEY, card_bytes, content_type="text/markdown; charset=utf-8")
         files.append(file_entry(CARD_KEY, card_bytes))
         final = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
@@ -151,10 +154,24 @@ def _with_mixture_datasets(static: dict[str, Any], owners: list[tuple[str, int]]
     return {**static, "mixture": {**static["mixture"], "sources": sources}}
 
 
-def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
-                   license_id: str, attribution: str) -> str:
-    # matplotlib is a dependency: a missing one fails the build loudly instead of dropping report.html.
-    return render_report(draft_manifest, samples, stats, license_id=license_id, attribution=attribution)
+def _pair_map(plan: BuildPlan, pairs, candidate_rejects):
+    """The report's map: kept pairs and those the consistency filter dropped, the smallest ids, placed in 2-D
+    (pipelines.pair_map) from query embeddings when the embedding stages ran."""
+    embedding = (plan.config.embedding
+                 if any(stage.needs_model for stage in stages() if stage.name in plan.active_stages) else None)
+    kept = pairs | "MapKept" >> beam.Map(lambda pair: pair_map_lib.map_entry(pair, dropped=False))
+    dropped = (candidate_rejects
+               | "MapDropped" >> beam.Filter(lambda r: r["stage"] == "consistency" and isinstance(r.get("query"), str))
+               | "MapDroppedEntry" >> beam.Map(lambda r: pair_map_lib.map_entry(r, dropped=True)))
+    candidates = (kept, dropped) | "MapCandidates" >> beam.Flatten()
+    return (candidates
+            | "MapSample" >> beam.combiners.Top.Of(pair_map_lib.MAX_POINTS, key=lambda e: e["id"], reverse=True)
+            | "MapCount" >> beam.Map(lambda chosen, total: (chosen, total),
+                                     beam.pvalue.AsSingleton(candidates
+                                                             | "MapCandidatesCount" >> beam.combiners.Count.Globally()))
+            | "Map" >> beam.MapTuple(lambda chosen, total: {
+                **pair_map_lib.build_map(chosen, embedding), "candidates": total,
+                "sampled": total > len(chosen)}))
 
 
 def _count_by(pcoll, label: str, key_fn):
@@ -241,6 +258,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                      | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
     stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()
     samples = _samples(pairs, rejects)
+    pair_map = _pair_map(plan, pairs, candidate_rejects)
     stats = (pairs, rejects) | "Stats" >> ReleaseStats()
 
     finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,
@@ -259,7 +277,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 samples=beam.pvalue.AsList(samples),
                 stats=beam.pvalue.AsList(stats),
                 input_rows=beam.pvalue.AsList(input_rows),
-                dataset_owners=beam.pvalue.AsList(dataset_owners)))
+                dataset_owners=beam.pvalue.AsList(dataset_owners),
+                pair_map=beam.pvalue.AsList(pair_map)))
 
 
 SAMPLES_PER_GROUP = 5

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
+from pipelines.pair_map import render_svg
 from pipelines.records import ALL_STAGES
 from pipelines.release.stats import LENGTH_EDGES, SCORE_BINS, label_order, score_bin_edges
 
@@ -699,17 +700,32 @@ def _configuration_section(manifest: dict[str, Any]) -> str:
 
 _SECTIONS = [("overview", "Overview"), ("funnel", "Funnel"), ("lengths", "Lengths"),
              ("consistency", "Consistency filter"), ("negatives", "Hard negatives"), ("dedup", "Duplicates"),
-             ("samples", "Samples"), ("inputs", "Inputs and licences"), ("model", "Model"),
+             ("map", "Map"), ("samples", "Samples"), ("inputs", "Inputs and licences"), ("model", "Model"),
              ("configuration", "Configuration")]
 
 
+def _map_section(pair_map: dict[str, Any] | None) -> str:
+    head = '<section id="map"><h2>Map</h2>'
+    if not pair_map or not pair_map.get("points"):
+        return head + "<p>No pairs to place on a map.</p></section>"
+    points = pair_map["points"]
+    sampled = (f"{len(points):,} of {pair_map.get('candidates', len(points)):,} pairs (the smallest ids)"
+               if pair_map.get("sampled") else f"all {len(points):,} pairs")
+    dropped = sum(1 for point in points if point["dropped"])
+    return (head + f"<p>{esc(sampled)}, placed by {esc(pair_map['projection'])}; coloured by dataset, "
+            f"{dropped:,} dropped by the consistency filter drawn hollow. Hover a point for its query and id."
+            f"</p>{render_svg(pair_map)}</section>")
+
+
 def render_report(manifest: dict[str, Any], samples: list[dict[str, Any]],
-                  stats: list[dict[str, Any]] | None = None, *, license_id: str = "", attribution: str = "") -> str:
+                  stats: list[dict[str, Any]] | None = None, *, license_id: str = "", attribution: str = "",
+                  pair_map: dict[str, Any] | None = None) -> str:
     """The whole report as one HTML string.
 
     ``manifest``: the release manifest (a draft without report.html in ``files`` is fine); ``samples``: dicts
     ``{"group": ["kept", DATASET, ""] | ["rejected", STAGE, REASON], "items": [records]}``; ``stats``: one
-    :func:`pipelines.release.stats.extract` summary per dataset, or None when distributions were not computed.
+    :func:`pipelines.release.stats.extract` summary per dataset, or None when distributions were not computed;
+    ``pair_map``: :func:`pipelines.pair_map.build_map`'s result, or None.
     """
     source = manifest.get("source", "")
     title = f"Audit report: {source} release"
@@ -723,6 +739,7 @@ def render_report(manifest: dict[str, Any], samples: list[dict[str, Any]],
         _consistency_section(manifest, stats),
         _negatives_section(manifest, stats),
         _dedup_section(manifest, stats),
+        _map_section(pair_map),
         _samples_section(samples),
         _inputs_section(manifest, stats, license_id),
         _model_section(manifest),

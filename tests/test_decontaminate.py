@@ -71,6 +71,7 @@ def test_build_rejects_planted_contamination_only(tmp_path):
     assert [item["name"] for item in manifest["evaluation_inputs"]] == ["eval.jsonl"]
     kept = {row["id"] for row in release_rows(out, "custom_pairs")}
     assert len(kept) == 8 + 12  # every boilerplate pair kept, nothing else removed
+    assert (out / "report.html").read_text().count("<circle ") == 20  # every kept pair on the map
 
 
 def test_enabled_without_inputs_is_one_line(tmp_path, capsys):

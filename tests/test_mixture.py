@@ -87,6 +87,15 @@ def test_three_sources_one_release(tmp_path, shared_data):
     assert set(manifest["funnel"]["per_dataset"]) >= datasets
     assert verify.main([str(out)]) == 0
 
+    # The map: 2,000 of the kept pairs (there are more), one circle each, titled with query and id.
+    report = (out / "report.html").read_text()
+    kept_total = sum(summary["rows"] for summary in manifest["datasets"].values())
+    assert kept_total > 2000
+    assert report.count("<circle ") == 2000 and "<script" not in report
+    smallest = min(row["id"] for dataset in datasets for row in release_rows(out, dataset))
+    assert f" {smallest}</title></circle>" in report
+    assert "hashed bag-of-words" in report and "hashed bag-of-words" in (out / "README.md").read_text()
+
 
 def test_mixture_errors_are_one_line(tmp_path, shared_data, capsys):
     own, _ = _own_pairs(tmp_path)

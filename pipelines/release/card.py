@@ -18,7 +18,7 @@ def _size_category(rows: int) -> str:
 
 
 def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, pretty_name: str = "",
-                has_report: bool = False) -> str:
+                has_report: bool = False, map_projection: str = "") -> str:
     datasets = manifest.get("datasets", {})
     total_rows = sum(summary["rows"] for summary in datasets.values())
     header = {
@@ -41,6 +41,14 @@ def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, 
     if has_report:
         lines.append("")
         lines.append("The audit report, with the funnel, distributions and samples, is [report.html](report.html).")
+        if map_projection:
+            lines.append(f"Its map places up to 2,000 pairs (a sample by id when there are more) by {map_projection}.")
+    mixture = manifest.get("mixture")
+    if mixture:
+        lines += ["", "## Sources", "", "Built from several sources in one run (a mixture): each source's datasets "
+                  "and its weight in `contrastors.yaml`.", "", "| source | weight | datasets |", "|---|---:|---|"]
+        for entry in mixture.get("sources", []):
+            lines.append(f"| {entry['source']} | {entry['weight']} | {', '.join(entry.get('datasets', [])) or '-'} |")
     lines += ["", "## Datasets", "", "| dataset | rows | shards |", "|---|---:|---:|"]
     for name, summary in sorted(datasets.items()):
         lines.append(f"| {name} | {summary['rows']:,} | {len(summary['shards'])} |")
@@ -62,6 +70,14 @@ def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, 
     lines += ["", "## Inputs", "", "| input | bytes | sha256 |", "|---|---:|---|"]
     for item in manifest.get("inputs", []):
         lines.append(f"| {item['name']} | {item['bytes']:,} | `{item['sha256']}` |")
+    evaluation = manifest.get("evaluation_inputs") or []
+    if evaluation:
+        lines += ["", "## Decontamination", "", "Pairs overlapping these evaluation texts (equal after "
+                  "normalization, or sharing an n-gram of "
+                  f"{manifest.get('config', {}).get('decontaminate', {}).get('ngram', 13)} words) were dropped as "
+                  "`contaminated`.", "", "| evaluation input | bytes | sha256 |", "|---|---:|---|"]
+        for item in evaluation:
+            lines.append(f"| {item['name']} | {item['bytes']:,} | `{item['sha256']}` |")
     lines += ["", "## Licence and attribution", "", attribution or "See each pair's `provenance.license`."]
     lines.append("")
     return "\n".join(lines)
