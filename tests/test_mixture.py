@@ -4,6 +4,7 @@ decontamination against evaluation texts, every dataset with its weight."""
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -123,3 +124,32 @@ def test_the_shipped_example_validates():
 
     mixture = load_mixture(CONFIG_DIR / "mixtures" / "example.yaml")
     assert [entry.source for entry in mixture.sources] == ["stackexchange", "quora", "amazon", "news"]
+
+
+def test_map_of_query_embeddings_marks_consistency_drops(tmp_path):
+    """With the embedding stages: every kept pair and every pair the consistency filter dropped is one point,
+    placed by the model's query embeddings; drops are hollow."""
+    topics = ["espresso grind size", "french press steeping", "milk frothing", "bean storage", "cold brew ratio",
+              "descaling a kettle", "pour over bloom", "roast levels"]
+    rows = []
+    for n, topic in enumerate(topics):
+        rows.append({"id": f"t{n}", "query": f"What should I know about {topic}?",
+                     "document": f"A short guide to {topic}: start simple, measure, and adjust one thing at a time."})
+    # Documents that answer another topic's question: candidates for the consistency filter.
+    for n in range(4):
+        rows.append({"id": f"x{n}", "query": f"Tell me about {topics[n]}.",
+                     "document": f"A short guide to {topics[n + 4]}: start simple, measure, adjust one thing."})
+    path = tmp_path / "coffee_pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "out"
+    assert run_build("--source", "jsonl", "--input", str(path), "--output", str(out),
+                     "--skip", "negatives", "--set", "consistency.top_k=1") == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    kept = manifest["datasets"]["custom_pairs"]["rows"]
+    dropped = [r for r in release_rejects(out) if r["stage"] == "consistency"]
+    report = (out / "report.html").read_text()
+    assert report.count("<circle ") == kept + len(dropped)
+    circles = re.findall(r"<circle [^>]*>", report)
+    assert sum('fill="none"' in circle for circle in circles) == len(dropped) > 0
+    assert "query embeddings by all-MiniLM-L6-v2" in report
+    assert "query embeddings by all-MiniLM-L6-v2" in (out / "README.md").read_text()
