@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 
 from pipelines.cli import run_command
 from pipelines.errors import PairCurationError, UsageError
-from pipelines.records import dumps_line
+from pipelines.records import SKIPPABLE_STAGES, dumps_line
 from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
@@ -641,6 +641,9 @@ def rebuild_release(store: ReleaseStore, *, overrides: list[str] | None = None, 
     if not isinstance(manifest, dict) or not isinstance(manifest.get("source"), str) \
             or not isinstance(manifest.get("config"), dict):
         raise RebuildError(f"{MANIFEST_KEY} lacks the source or configuration to rebuild from")
+    if manifest.get("mixture"):
+        raise RebuildError("--rebuild does not rebuild mixture releases yet: build the mixture file again and "
+                           "compare the manifests")
     inputs = _manifest_inputs(manifest)
     located = locate_inputs([entry["name"] for entry in inputs], store, list(overrides or []))
     changed = check_inputs(inputs, located)
@@ -657,7 +660,12 @@ def rebuild_release(store: ReleaseStore, *, overrides: list[str] | None = None, 
     try:
         folder.mkdir(parents=True, exist_ok=True)
         config_path = folder / "config.yaml"
-        config_path.write_text(yaml.safe_dump(manifest["config"], sort_keys=True), encoding="utf-8")
+        config = json.loads(json.dumps(manifest["config"]))
+        # Stages that ran are turned on explicitly: one off by default (decontaminate) would otherwise not run.
+        for stage in SKIPPABLE_STAGES:
+            if stage not in (manifest.get("skipped_stages") or []) and isinstance(config.get(stage), dict):
+                config[stage]["enabled"] = True
+        config_path.write_text(yaml.safe_dump(config, sort_keys=True), encoding="utf-8")
         skips = [part for stage in manifest.get("skipped_stages") or [] for part in ("--skip", str(stage))]
         command = [sys.executable, "-m", "pipelines.build", "--source", manifest["source"],
                    "--config", str(config_path), "--output", str(folder / "release"), *skips,
