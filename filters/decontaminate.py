@@ -103,10 +103,12 @@ def reject_detail(field: str, kind: str, text: str, record: str, keep_texts: boo
     return detail
 
 
-def eval_texts_of_row(row: Any, fields: list[str]) -> list[str]:
+def eval_texts_of_row(row: Any, fields: list[str]) -> list[str | None]:
+    """The row's texts; [None] when it has none (counted by the report as rows without text)."""
     if not isinstance(row, dict):
-        return []
-    return [row[field] for field in fields if isinstance(row.get(field), str) and row[field].strip()]
+        return [None]
+    texts = [row[field] for field in fields if isinstance(row.get(field), str) and row[field].strip()]
+    return texts or [None]
 
 
 def is_hf_dataset_folder(path: str) -> bool:
@@ -141,7 +143,7 @@ def read_evaluation_file(uri: str, name: str, fields: list[str]) -> Iterator[tup
             try:
                 row = json.loads(raw)
             except ValueError:
-                continue  # counted by the report as unreadable lines
+                row = None  # an unreadable line: counted by the report as a row without text
             for text in eval_texts_of_row(row, fields):
                 yield f"{name}:{number + 1}", text
 
@@ -168,13 +170,16 @@ def evaluation_files(patterns: list[str]) -> list[tuple[str, str]]:
     return sorted(found.items())
 
 
-def build_report(config: DecontaminateConfig, *, evaluation_texts: int, evaluation_keys: int, matched: int,
-                 too_common: int, most_common: list[dict[str, Any]]) -> dict[str, Any]:
+def build_report(config: DecontaminateConfig, *, evaluation_texts: int, rows_without_text: int,
+                 evaluation_keys: int, matched: int, too_common: int,
+                 most_common: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "stage": STAGE,
         "parameters": {"ngram": config.ngram, "max_matches": config.max_matches,
                        "text_field": config.text_field},
         "evaluation_texts": evaluation_texts,
+        # Evaluation rows with no text in text_field (or unreadable lines): nothing to compare.
+        "evaluation_rows_without_text": rows_without_text,
         "evaluation_keys": evaluation_keys,
         "contaminated_pairs": matched,
         "too_common_ngrams": too_common,
@@ -197,10 +202,12 @@ class Decontaminate(beam.PTransform):
         metrics = StageMetrics(STAGE)
         pipeline = pairs.pipeline
 
-        eval_texts = (pipeline
-                      | "EvalFiles" >> beam.Create(evaluation_files(config.inputs))
-                      | "ReadEval" >> beam.FlatMapTuple(lambda uri, name: read_evaluation_file(uri, name, fields))
-                      | "SpreadEval" >> beam.Reshuffle())
+        eval_rows = (pipeline
+                     | "EvalFiles" >> beam.Create(evaluation_files(config.inputs))
+                     | "ReadEval" >> beam.FlatMapTuple(lambda uri, name: read_evaluation_file(uri, name, fields))
+                     | "SpreadEval" >> beam.Reshuffle())
+        eval_texts = eval_rows | "EvalWithText" >> beam.Filter(lambda row: row[1] is not None)
+        eval_without_text = eval_rows | "EvalWithoutText" >> beam.Filter(lambda row: row[1] is None)
         eval_keys = (eval_texts
                      | "EvalKeys" >> beam.FlatMapTuple(
                          lambda record, text: [(key, record) for key in text_keys(text, ngram)])
@@ -274,7 +281,7 @@ class Decontaminate(beam.PTransform):
                    | "JoinPairs" >> beam.CoGroupByKey()
                    | "Decide" >> beam.FlatMap(decide).with_outputs("rejects", "examples", main="pairs"))
 
-        def report(_, eval_count, key_count, matched, common_count, tops, examples):
+        def report(_, eval_count, without_text, key_count, matched, common_count, tops, examples):
             texts = {example["key"]: example["text"] for example in examples}
             most_common = []
             for entry in tops:
@@ -283,6 +290,7 @@ class Decontaminate(beam.PTransform):
                     item["ngram"] = texts[entry["key"]]
                 most_common.append(item)
             yield build_report(config, evaluation_texts=eval_count[0] if eval_count else 0,
+                               rows_without_text=without_text[0] if without_text else 0,
                                evaluation_keys=key_count[0] if key_count else 0,
                                matched=matched[0] if matched else 0,
                                too_common=common_count[0] if common_count else 0, most_common=most_common)
@@ -295,6 +303,7 @@ class Decontaminate(beam.PTransform):
                      | "Report" >> beam.FlatMap(
                          report,
                          eval_count=count(eval_texts, "CountEvalTexts"),
+                         without_text=count(eval_without_text, "CountEvalWithoutText"),
                          key_count=count(eval_keys, "CountEvalKeys"),
                          matched=count(decided.rejects, "CountRejects"),
                          common_count=count(common, "CountCommon"),

@@ -66,6 +66,7 @@ def test_build_rejects_planted_contamination_only(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     report = manifest["stage_reports"]["decontaminate"]
     assert report["contaminated_pairs"] == 2 and report["too_common_ngrams"] >= 1
+    assert report["evaluation_texts"] == 4 and report["evaluation_rows_without_text"] == 2
     assert report["most_common_ngrams"][0]["pairs"] == 12
     assert "creative commons" in report["most_common_ngrams"][0]["ngram"]
     assert [item["name"] for item in manifest["evaluation_inputs"]] == ["eval.jsonl"]
@@ -80,3 +81,21 @@ def test_enabled_without_inputs_is_one_line(tmp_path, capsys):
                      "--set", "decontaminate.enabled=true") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "decontaminate.inputs" in err[0]
+
+
+def test_evaluation_inputs_parquet_and_hf_folder(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"query": ["first query", None], "passage": ["a passage", "second passage"]}),
+                   tmp_path / "beir.parquet")
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict({"text": ["hf text one", "hf text two"]})}
+                         ).save_to_disk(str(tmp_path / "hf_eval"))
+    files = decontaminate.evaluation_files([str(tmp_path / "beir.parquet"), str(tmp_path / "hf_eval")])
+    assert [name for _, name in files] == ["beir.parquet", "hf_eval"]
+    parquet = list(decontaminate.read_evaluation_file(files[0][0], "beir.parquet", ["query", "passage"]))
+    assert parquet == [("beir.parquet:0", "first query"), ("beir.parquet:0", "a passage"),
+                       ("beir.parquet:1", "second passage")]
+    hf = list(decontaminate.read_evaluation_file(files[1][0], "hf_eval", ["text"]))
+    assert hf == [("hf_eval:test:0", "hf text one"), ("hf_eval:test:1", "hf text two")]
