@@ -379,6 +379,13 @@ def _overview(manifest: dict[str, Any], license_id: str, attribution: str) -> st
     parts = ["<h2 id=\"overview\">Overview</h2>", _table(["", ""], rows)]
     if attribution:
         parts.append(f'<p class="note">Attribution: {esc(attribution)}</p>')
+    mixture = manifest.get("mixture")
+    if isinstance(mixture, dict):  # a mixture build: which source gave which datasets, with its weight
+        parts.append("<h3>Sources</h3>")
+        parts.append(_table(["source", "weight", "datasets", "inputs"],
+                            [[entry.get("source", ""), entry.get("weight", ""),
+                              ", ".join(entry.get("datasets", [])), len(entry.get("inputs", []))]
+                             for entry in mixture.get("sources", [])], {1, 3}))
     names = sorted(set(datasets) | set(rejects))
     table_rows = []
     for name in names:
@@ -554,6 +561,27 @@ def _dedup_section(manifest: dict[str, Any], stats: list[dict[str, Any]] | None)
     if isinstance(histogram, dict) and histogram:
         parts.append(_table(["cluster size", "clusters"], _histogram_items(histogram), {0, 1}))
     parts.append(_stage_report_block(manifest, "minhash"))
+    parts.append(_decontamination_part(manifest))
+    return "\n".join(parts)
+
+
+def _decontamination_part(manifest: dict[str, Any]) -> str:
+    """Pairs overlapping evaluation texts, and the n-grams too common to count (when the stage ran)."""
+    report = (manifest.get("stage_reports") or {}).get("decontaminate")
+    if not isinstance(report, dict):
+        return ""
+    parts = ["<h3>Overlap with evaluation sets (decontaminate)</h3>",
+             f"<p>{report.get('contaminated_pairs', 0):,} pairs shared a text or a "
+             f"{report.get('parameters', {}).get('ngram', '')}-word n-gram with one of "
+             f"{report.get('evaluation_texts', 0):,} evaluation texts and were dropped as contaminated; "
+             f"{report.get('too_common_ngrams', 0):,} n-grams were in more than "
+             f"{report.get('parameters', {}).get('max_matches', '')} pairs and ignored as too common.</p>"]
+    common = report.get("most_common_ngrams") or []
+    if common:
+        parts.append(_table(["n-gram (too common)", "pairs", "evaluation record"],
+                            [[item.get("ngram", item.get("key", "")), item.get("pairs", 0),
+                              item.get("evaluation_record", "")] for item in common], {1}))
+    parts.append(_stage_report_block(manifest, "decontaminate"))
     return "\n".join(parts)
 
 
@@ -705,16 +733,16 @@ _SECTIONS = [("overview", "Overview"), ("funnel", "Funnel"), ("lengths", "Length
 
 
 def _map_section(pair_map: dict[str, Any] | None) -> str:
-    head = '<section id="map"><h2>Map</h2>'
+    head = '<h2 id="map">Map</h2>'
     if not pair_map or not pair_map.get("points"):
-        return head + "<p>No pairs to place on a map.</p></section>"
+        return head + _missing("No pairs to place on a map.")
     points = pair_map["points"]
     sampled = (f"{len(points):,} of {pair_map.get('candidates', len(points)):,} pairs (the smallest ids)"
                if pair_map.get("sampled") else f"all {len(points):,} pairs")
     dropped = sum(1 for point in points if point["dropped"])
     return (head + f"<p>{esc(sampled)}, placed by {esc(pair_map['projection'])}; coloured by dataset, "
             f"{dropped:,} dropped by the consistency filter drawn hollow. Hover a point for its query and id."
-            f"</p>{render_svg(pair_map)}</section>")
+            f"</p>{render_svg(pair_map)}")
 
 
 def render_report(manifest: dict[str, Any], samples: list[dict[str, Any]],

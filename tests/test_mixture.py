@@ -95,6 +95,7 @@ def test_three_sources_one_release(tmp_path, shared_data):
     assert report.count("<circle ") == 2000 and "<script" not in report
     smallest = min(row["id"] for dataset in datasets for row in release_rows(out, dataset))
     assert f" {smallest}</title></circle>" in report
+    assert "<h3>Sources</h3>" in report and "contaminated" in report
     assert "hashed bag-of-words" in report and "hashed bag-of-words" in (out / "README.md").read_text()
 
 
