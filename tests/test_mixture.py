@@ -154,3 +154,32 @@ def test_map_of_query_embeddings_marks_consistency_drops(tmp_path):
     assert sum('fill="none"' in circle for circle in circles) == len(dropped) > 0
     assert "query embeddings by all-MiniLM-L6-v2" in report
     assert "query embeddings by all-MiniLM-L6-v2" in (out / "README.md").read_text()
+
+
+def test_mixture_builds_are_byte_identical(tmp_path):
+    own, evals = _own_pairs(tmp_path)
+    other = tmp_path / "other_pairs.jsonl"
+    other.write_text("".join(json.dumps({"id": f"o{n}", "query": f"Why does my kettle {n} whistle?",
+                                         "document": f"Kettle {n} whistles because steam escapes the spout."}) + "\n"
+                             for n in range(5))
+                     + json.dumps({"id": "dup", "query": PLANTED_QUERY, "document": PLANTED_DOCUMENT}) + "\n")
+    mixture = tmp_path / "two.yaml"
+    mixture.write_text(yaml.safe_dump({
+        "sources": [{"source": "jsonl", "inputs": [own.name], "set": {"source.dataset": "my_pairs"}},
+                    {"source": "jsonl", "inputs": [other.name], "set": {"source.dataset": "other_pairs"},
+                     "weight": 0.5}],
+        "decontaminate": {"inputs": [evals.name]}, "skip": ["consistency", "negatives"]}))
+    outputs = [tmp_path / "a", tmp_path / "b"]
+    for out in outputs:
+        assert run_build("--mixture", str(mixture), "--output", str(out)) == 0
+
+    def files(root):
+        return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*"))
+                if path.is_file() and not str(path.relative_to(root)).startswith("runs/")}
+
+    first, second = files(outputs[0]), files(outputs[1])
+    assert first.keys() == second.keys() and first == second
+    rejects = release_rejects(outputs[0])
+    [planted] = [r for r in rejects if r["stage"] == "exact_dedup"]
+    assert {planted["dataset"], planted["detail"]["survivor_dataset"]} == {"my_pairs", "other_pairs"}
+    assert len([r for r in rejects if r["stage"] == "decontaminate"]) == 2
