@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import xxhash
+from threadpoolctl import threadpool_limits
 
 MAX_POINTS = 2000
 HASHED_DIMENSIONS = 512
@@ -52,6 +53,13 @@ def project_2d(vectors: np.ndarray) -> np.ndarray:
     vectors = np.asarray(vectors, dtype=np.float64)
     if len(vectors) < 2:
         return np.zeros((len(vectors), 2))
+    # One BLAS thread: summation order then does not depend on the process's thread pools (set by whatever
+    # ran before, e.g. FAISS or torch), so the same pairs give the same picture byte for byte.
+    with threadpool_limits(limits=1):
+        return _project_2d(vectors)
+
+
+def _project_2d(vectors: np.ndarray) -> np.ndarray:
     centred = vectors - vectors.mean(axis=0)
     _, _, components = np.linalg.svd(centred, full_matrices=False)
     axes = components[:2]

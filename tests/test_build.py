@@ -87,7 +87,8 @@ def test_manifest_records_inputs_config_and_checksums(two_releases, shared_data)
     posts = shared_data / "stackexchange" / "cardano.stackexchange.com" / "Posts.xml"
     by_name = {item["name"]: item for item in manifest["inputs"]}
     assert by_name["cardano.stackexchange.com/Posts.xml"]["sha256"] == hashlib.sha256(posts.read_bytes()).hexdigest()
-    assert manifest["skipped_stages"] == ["consistency", "minhash", "negatives"]
+    # decontaminate is off unless evaluation texts are given
+    assert manifest["skipped_stages"] == ["consistency", "decontaminate", "minhash", "negatives"]
     # configs/stackexchange.yaml leaves whitespace to the reader (code blocks keep their indentation)
     assert manifest["config"]["normalize"] == {**NormalizeConfig().model_dump(mode="json"),
                                                "collapse_whitespace": False}

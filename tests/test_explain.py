@@ -212,7 +212,7 @@ def test_consistency_reject_shows_rank_score_and_who_outranked_it(demo, capsys):
                for other in result["outranked_by"])
     assert [(s["stage"], s["decision"]) for s in result["stages"]] == [
         ("read", "passed"), ("normalize", "passed"), ("exact_dedup", "passed"), ("minhash", "passed"),
-        ("consistency", "dropped"), ("negatives", "not reached")]
+        ("decontaminate", "not run"), ("consistency", "dropped"), ("negatives", "not reached")]
 
 
 def test_duplicate_reject_names_its_survivor_and_follows_a_dropped_one(demo, capsys):
