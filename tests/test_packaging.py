@@ -26,6 +26,7 @@ def test_wheel_ships_every_config_and_an_installed_build_uses_it(tmp_path, share
     names = zipfile.ZipFile(wheel).namelist()
     shipped = sorted(path.name for path in CONFIG_DIR.glob("*.yaml"))
     assert shipped and all(f"configs/{name}" in names for name in shipped)
+    assert "configs/mixtures/example.yaml" in names  # the mixture example ships too
 
     # "Installed": the wheel unpacked on its own, run from a folder that holds no checkout.
     installed = tmp_path / "site"
