@@ -183,3 +183,16 @@ def test_mixture_builds_are_byte_identical(tmp_path):
     [planted] = [r for r in rejects if r["stage"] == "exact_dedup"]
     assert {planted["dataset"], planted["detail"]["survivor_dataset"]} == {"my_pairs", "other_pairs"}
     assert len([r for r in rejects if r["stage"] == "decontaminate"]) == 2
+
+
+def test_a_dataset_clash_only_the_data_shows_commits_nothing(tmp_path, shared_data, capsys):
+    own, _ = _own_pairs(tmp_path)
+    mixture = tmp_path / "clash.yaml"
+    mixture.write_text(yaml.safe_dump({"sources": [
+        {"source": "jsonl", "inputs": [str(own)], "set": {"source.dataset": "quora_duplicates"}},
+        {"source": "quora", "inputs": [str(shared_data / "quora")]}], "skip": ["consistency", "negatives"]}))
+    out = tmp_path / "out"
+    assert run_build("--mixture", str(mixture), "--output", str(out)) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "dataset 'quora_duplicates' is produced by mixture sources [0, 1]" in err[-1]
+    assert not (out / "manifest.json").exists()
