@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import math
 import os
 import threading
@@ -314,6 +315,11 @@ def export_onnx(model_dir: Path, config: EmbeddingConfig) -> Path:
 INT8_FILE = "model-int8.onnx"
 
 
+class _DropQuantizationHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def quantize_onnx(exported: Path) -> Path:
     """The exported model with its MatMul weights quantized to int8, once per export (cached beside it).
 
@@ -328,8 +334,15 @@ def quantize_onnx(exported: Path) -> Path:
     except ImportError as exc:
         raise ModelError(f"embedding.backend onnx-int8 needs onnxruntime's quantization tools ({exc})") from None
     partial = target.with_name(f"{INT8_FILE}.{os.getpid()}.{threading.get_ident()}.partial")
-    quantize_dynamic(str(exported), str(partial), op_types_to_quantize=["MatMul"], per_channel=True,
-                     weight_type=QuantType.QInt8)
+    # onnxruntime logs a generic hint on the root logger ("consider pre-processing"); it is no error.
+    root = logging.getLogger()
+    hint = _DropQuantizationHint()
+    root.addFilter(hint)
+    try:
+        quantize_dynamic(str(exported), str(partial), op_types_to_quantize=["MatMul"], per_channel=True,
+                         weight_type=QuantType.QInt8)
+    finally:
+        root.removeFilter(hint)
     os.replace(partial, target)
     return target
 
