@@ -114,13 +114,20 @@ class EmbeddingConfig(Section):
     document_prefix: str = ""
     batch_size: int = Field(128, ge=1)
     max_seq_length: int = Field(256, ge=8)
-    # torch threads per worker process (0: leave torch's default).
+    # Threads per worker process for torch or onnxruntime (0: their default, the worker's cores).
     threads: int = Field(0, ge=0)
     device: str = "cpu"
     # Vectors stored as float16 in shuffles to halve their size.
     shuffle_dtype: Literal["float32", "float16"] = "float16"
     # backends onnx*: where each worker keeps the model exported to ONNX (once per weights hash).
     onnx_cache_dir: str = "~/.cache/pair-curation/onnx"
+
+    @model_validator(mode="after")
+    def _onnx_runs_on_cpu(self):
+        if self.backend != "torch" and self.device != "cpu":
+            raise ValueError(f"embedding.backend {self.backend} runs on the CPU; for embedding.device "
+                             f"{self.device} set embedding.backend=torch")
+        return self
 
 
 class ConsistencyConfig(Section):

@@ -133,3 +133,9 @@ def test_the_onnx_files_are_made_deterministically_and_hashed_into_the_model_inf
     quantized = encode_texts(TEXTS, int8)
     assert (quantized * full).sum(axis=1).min() > 0.95
     assert np.abs(quantized - full).max() > 1e-3
+
+
+def test_the_onnx_back_ends_refuse_a_gpu_device_with_the_way_out():
+    assert EmbeddingConfig(backend="torch", device="cuda").device == "cuda"
+    with pytest.raises(ValueError, match="set embedding.backend=torch"):
+        EmbeddingConfig(device="cuda")
