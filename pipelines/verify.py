@@ -494,7 +494,7 @@ def recorded_input_uris(store: ReleaseStore) -> dict[str, str]:
     """Input name -> the URI it was read from, from the release's run records (the newest record wins)."""
     uris: dict[str, str] = {}
     for key in sorted(store.list_keys(RUN_RECORD_PREFIX), reverse=True):
-        if not re.fullmatch(r"runs/run-[0-9TZ]+\.json", key):
+        if not re.fullmatch(r"runs/run-[0-9TZ]+(-[0-9a-f]{8})?\.json", key):
             continue
         try:
             record = json.loads(store.get_bytes(key))
