@@ -217,7 +217,8 @@ def refuse_overlap(output_uri: str, store, given: list[str], inputs) -> None:
 def _context(source_name, config):
     from sources.base import RunContext
 
-    return RunContext(source_name=source_name, reject_texts=config.release.reject_texts)
+    return RunContext(source_name=source_name, reject_texts=config.release.reject_texts,
+                      max_extracted_bytes=config.download.max_extracted_bytes)
 
 
 def pipeline_options(beam_args: list[str]):

@@ -163,7 +163,8 @@ def _count_by(pcoll, label: str, key_fn):
 
 def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     """Adds the whole build to ``pipeline``; returns the PCollection holding the final manifest."""
-    context = RunContext(source_name=plan.source.name, reject_texts=plan.config.release.reject_texts)
+    context = RunContext(source_name=plan.source.name, reject_texts=plan.config.release.reject_texts,
+                         max_extracted_bytes=plan.config.download.max_extracted_bytes)
     read = pipeline | "Read" >> plan.source.read(plan.inputs, plan.source_config, context)
     pairs = read["pairs"]
     reject_parts = [read["rejects"]]

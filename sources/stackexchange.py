@@ -304,9 +304,10 @@ class _ReadArchive(beam.DoFn):
     "../../etc/passwd" member name cannot write outside the temp folder); other members are not extracted.
     """
 
-    def __init__(self, wanted: str, max_row_bytes: int):
+    def __init__(self, wanted: str, max_row_bytes: int, max_extracted_bytes: int = 64 << 30):
         self.wanted = wanted  # "Posts.xml" or "PostLinks.xml"
         self.max_row_bytes = max_row_bytes
+        self.max_extracted_bytes = max_extracted_bytes
 
     def process(self, archive_uri: str) -> Iterator[tuple[str, bytes]]:
         import py7zr
@@ -318,22 +319,27 @@ class _ReadArchive(beam.DoFn):
                     open(local_archive, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             member_name = f"{archive_uri}!{self.wanted}"
+            target = os.path.join(workdir, "member.xml")
             try:
                 with py7zr.SevenZipFile(local_archive, mode="r") as archive:
-                    members = [name for name in archive.getnames()
-                               if name.replace("\\", "/").rsplit("/", 1)[-1] == self.wanted]
-                    unsafe = [name for name in members if not _safe_member_name(name)]
-                    for name in unsafe:
+                    chosen, refused = choose_archive_member(archive.list(), self.wanted, self.max_extracted_bytes)
+                    for name, reason, detail in refused:
                         yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                             dataset=POSTS, source=SOURCE_NAME,
                             provenance={"record": f"{os.path.basename(archive_uri)}!{name[:200]}",
                                         "input": os.path.basename(archive_uri)},
-                            reason="unsafe_archive_member", detail={"member": name[:300]}))
-                    members = [name for name in members if _safe_member_name(name)]
-                    if not members:
+                            reason=reason, detail=dict(detail, member=name[:300])))
+                    if chosen is None:
                         return
-                    target = os.path.join(workdir, "member.xml")
-                    archive.extract(targets=members[:1], factory=_SingleFileFactory(target))
+                    archive.extract(targets=[chosen], factory=_SingleFileFactory(target, self.max_extracted_bytes))
+            except ExtractionBudgetExceeded as exc:
+                yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                    dataset=POSTS, source=SOURCE_NAME,
+                    provenance={"record": f"{os.path.basename(archive_uri)}!{self.wanted}",
+                                "input": os.path.basename(archive_uri)},
+                    reason="archive_member_too_large", detail={"limit_bytes": exc.limit,
+                                                               "setting": "download.max_extracted_bytes"}))
+                return
             except Exception as exc:  # py7zr raises many types for corrupt or truncated archives
                 yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                     dataset=POSTS, source=SOURCE_NAME,
@@ -349,6 +355,40 @@ class _ReadArchive(beam.DoFn):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
+class ExtractionBudgetExceeded(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"archive member unpacks to more than {limit} bytes")
+        self.limit = limit
+
+
+def choose_archive_member(infos, wanted: str, max_bytes: int) -> tuple[str | None, list[tuple[str, str, dict]]]:
+    """Which archive member named ``wanted`` to read, and every other one refused by name with a reason.
+
+    Archive headers are never trusted: a member whose path leaves the archive root, that is a link or not a
+    plain file, or that says it unpacks past the budget is refused; of several usable members the shallowest
+    (then first by name) is read and the others are refused as ``duplicate_archive_member``, never dropped
+    silently. Extraction is bounded again while writing (headers can lie)."""
+    candidates, refused = [], []
+    for info in infos:
+        name = info.filename
+        if name.replace("\\", "/").rsplit("/", 1)[-1] != wanted:
+            continue
+        if not _safe_member_name(name):
+            refused.append((name, "unsafe_archive_member", {}))
+        elif getattr(info, "is_symlink", False) or getattr(info, "is_directory", False):
+            refused.append((name, "unsafe_archive_member", {"kind": "link" if info.is_symlink else "folder"}))
+        elif (info.uncompressed or 0) > max_bytes:
+            refused.append((name, "archive_member_too_large", {"declared_bytes": info.uncompressed,
+                                                               "limit_bytes": max_bytes,
+                                                               "setting": "download.max_extracted_bytes"}))
+        else:
+            candidates.append(name)
+    candidates.sort(key=lambda name: (name.replace("\\", "/").count("/"), name))
+    for name in candidates[1:]:
+        refused.append((name, "duplicate_archive_member", {"read_instead": candidates[0][:300]}))
+    return (candidates[0] if candidates else None), refused
+
+
 def _safe_member_name(name: str) -> bool:
     """A member path that stays inside the archive's root: no absolute path, drive or ".." component."""
     parts = name.replace("\\", "/").split("/")
@@ -358,20 +398,25 @@ def _safe_member_name(name: str) -> bool:
 class _SingleFileFactory:
     """py7zr writer factory that sends the one extracted member to a path of our choosing."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int | None = None):
         self.path = path
+        self.max_bytes = max_bytes
 
     def create(self, filename: str):
-        return _FileIO(self.path)
+        return _FileIO(self.path, self.max_bytes)
 
 
 class _FileIO:
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int | None = None):
         self._handle = open(path, "wb")
         self._size = 0
+        self._max_bytes = max_bytes
 
     def write(self, data):
         self._size += len(data)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            self._handle.close()
+            raise ExtractionBudgetExceeded(self._max_bytes)
         return self._handle.write(data)
 
     def read(self, size=None):
@@ -420,11 +465,12 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
             | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes)))
 
 
-def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int):
+def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int,
+                   max_extracted_bytes: int = 64 << 30):
     return (pbegin
             | f"{label}Archives" >> beam.Create(archives)
-            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes)).with_outputs("rejects",
-                                                                                                main="lines"))
+            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes, max_extracted_bytes))
+            .with_outputs("rejects", main="lines"))
 
 
 class ReadStackExchange(beam.PTransform):
@@ -433,6 +479,7 @@ class ReadStackExchange(beam.PTransform):
         self.inputs = inputs
         self.config = config
         self.keep_texts = context.reject_texts
+        self.max_extracted_bytes = context.max_extracted_bytes
 
     def expand(self, pbegin):
         config = self.config
@@ -449,12 +496,14 @@ class ReadStackExchange(beam.PTransform):
         post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
         link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
         if archives:
-            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes)
+            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes,
+                                       self.max_extracted_bytes)
             # One worker unpacks an archive; spread its lines so parsing and joins run on all workers.
             post_lines.append(extracted.lines | "PostsArchiveSpread" >> beam.Reshuffle())
             reject_parts.append(extracted.rejects)
             if config.duplicates:
-                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes)
+                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes,
+                                                 self.max_extracted_bytes)
                 link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
                 reject_parts.append(extracted_links.rejects)
 

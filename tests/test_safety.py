@@ -86,3 +86,101 @@ def test_hostile_configs_stop_the_cli_with_one_line(tmp_path, config):
     assert result.returncode == 2
     assert "config file" in one_error_line(result.stderr)
     assert not (tmp_path / "release").exists()
+
+
+# -- inputs stay inside their tree ----------------------------------------------------------------------------------
+
+SITE_ROW = ('<row Id="1" PostTypeId="1" Score="3" Title="How do stake pools work?" '
+            'Body="&lt;p&gt;A body long enough to be a document.&lt;/p&gt;" />')
+
+
+def site_posts(rows: list[str]) -> bytes:
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<posts>\n' + "".join(f"  {r}\n" for r in rows)
+            + "</posts>\n").encode("utf-8")
+
+
+def test_a_symlink_out_of_a_dump_folder_is_refused_and_nothing_leaks(tmp_path, capsys):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("AWS_SECRET_ACCESS_KEY=do-not-publish-me\n")
+    site = tmp_path / "dumps" / "leak.stackexchange.com"
+    site.mkdir(parents=True)
+    (site / "Posts.xml").symlink_to(secret)
+    release = tmp_path / "release"
+    assert run_build("--source", "stackexchange", "--input", str(site), "--output", str(release), *FAST) == 2
+    assert "symbolic link to outside" in one_error_line(capsys.readouterr().err)
+    assert not release.exists()
+    # Through a glob too.
+    assert run_build("--source", "stackexchange", "--input", str(tmp_path / "dumps" / "*" / "Posts.xml"),
+                     "--output", str(release), *FAST) == 2
+    assert "symbolic link to outside" in one_error_line(capsys.readouterr().err)
+    assert not release.exists()
+
+
+def test_a_symlink_inside_the_dump_folder_is_read(tmp_path, capsys):
+    site = tmp_path / "inside.stackexchange.com"
+    (site / "real").mkdir(parents=True)
+    (site / "real" / "Posts.xml").write_bytes(site_posts([SITE_ROW]))
+    (site / "Posts.xml").symlink_to(site / "real" / "Posts.xml")
+    release = tmp_path / "release"
+    assert run_build("--source", "stackexchange", "--input", str(site), "--output", str(release), *FAST) == 0
+
+
+def test_a_device_or_a_pipe_as_input_is_refused(tmp_path, capsys):
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    os.mkfifo(folder / "pairs.jsonl")
+    for given in (str(folder), "/dev/zero"):
+        assert run_build("--source", "jsonl", "--input", given, "--output", str(tmp_path / "release"), *FAST) == 2
+        assert "not a regular file" in one_error_line(capsys.readouterr().err)
+
+
+def test_archive_members_are_read_or_refused_by_name(tmp_path):
+    import py7zr
+
+    from sources.stackexchange import choose_archive_member
+
+    payload = tmp_path / "Posts.xml"
+    payload.write_bytes(site_posts([SITE_ROW]))
+    archive = tmp_path / "two.stackexchange.com.7z"
+    with py7zr.SevenZipFile(archive, "w") as seven_zip:
+        seven_zip.write(payload, "Posts.xml")
+        seven_zip.write(payload, "old/Posts.xml")
+    with py7zr.SevenZipFile(archive) as seven_zip:
+        chosen, refused = choose_archive_member(seven_zip.list(), "Posts.xml", 1 << 20)
+        assert chosen == "Posts.xml"
+        assert [(name, reason) for name, reason, _ in refused] == [("old/Posts.xml", "duplicate_archive_member")]
+        chosen, refused = choose_archive_member(seven_zip.list(), "Posts.xml", 10)
+        assert chosen is None and {reason for _, reason, _ in refused} == {"archive_member_too_large"}
+
+    release = tmp_path / "release"
+    assert run_build("--source", "stackexchange", "--input", str(archive), "--output", str(release), *FAST) == 0
+    from tests.helpers import release_rejects, release_rows
+
+    assert len(release_rows(release, "stackexchange_title_body")) == 1
+    assert [(r["reason"], r["detail"]["member"]) for r in release_rejects(release, "stackexchange_posts")] == [
+        ("duplicate_archive_member", "old/Posts.xml")]
+
+
+def test_archive_unpacking_is_bounded_even_when_the_header_lies(tmp_path):
+    from sources.stackexchange import ExtractionBudgetExceeded, _FileIO
+
+    sink = _FileIO(str(tmp_path / "member.xml"), max_bytes=100)
+    sink.write(b"x" * 100)
+    with pytest.raises(ExtractionBudgetExceeded):
+        sink.write(b"x")
+    assert (tmp_path / "member.xml").stat().st_size == 100
+
+    # End to end: an archive whose member unpacks past download.max_extracted_bytes becomes one named reject.
+    import py7zr
+
+    from tests.helpers import release_rejects
+
+    payload = tmp_path / "Posts.xml"
+    payload.write_bytes(site_posts([SITE_ROW] * 2000))
+    archive = tmp_path / "big.stackexchange.com.7z"
+    with py7zr.SevenZipFile(archive, "w") as seven_zip:
+        seven_zip.write(payload, "Posts.xml")
+    release = tmp_path / "release"
+    assert run_build("--source", "stackexchange", "--input", str(archive), "--output", str(release), *FAST,
+                     "--set", "download.max_extracted_bytes=4096") == 0
+    assert [r["reason"] for r in release_rejects(release, "stackexchange_posts")] == ["archive_member_too_large"]
