@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -104,9 +105,46 @@ def project_identity() -> dict[str, Any]:
     return {"name": "pair-curation", "version": project_version, "commit": commit}
 
 
+def project_errors() -> tuple[type[BaseException], ...]:
+    """The project's own one-line errors (a bad store, input or configuration), wherever they are raised."""
+    from pipelines.config import ConfigError
+    from pipelines.release.store import StoreError
+    from sources.base import InputError
+
+    return UsageError, ConfigError, StoreError, InputError
+
+
+_PROJECT_ERROR_LINE = re.compile(r"\b(?:StoreError|AlreadyExists|ClaimHeld|InputError|ConfigError|UsageError): (.+)")
+
+
+def project_error_message(exc: BaseException) -> str | None:
+    """The one line of a project error that stopped the pipeline: the exception itself (DirectRunner), or its
+    text inside the runner's wrapper (multi-process and remote runners pass tracebacks as text)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, project_errors()):
+            return _strip_step(str(current).strip().splitlines()[0] if str(current).strip() else type(current).__name__)
+        current = current.__cause__ or current.__context__
+    found = _PROJECT_ERROR_LINE.findall(str(exc))
+    return _strip_step(found[-1]) if found else None
+
+
+def _strip_step(line: str) -> str:
+    return re.sub(r" \[while running '[^']*'\]$", "", line.strip())[:500]
+
+
 def _quiet_logging() -> None:
     class _DropNoise(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
+            # The runner logs a failing step with a traceback; the project's own errors are reported once,
+            # as one line, by main().
+            if record.exc_info and isinstance(record.exc_info[1], project_errors()):
+                return False
+            if record.levelno >= logging.ERROR and record.name.startswith("apache_beam") \
+                    and _PROJECT_ERROR_LINE.search(record.getMessage()):
+                return False
             return "apitools not found" not in record.getMessage()
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -365,6 +403,10 @@ def main(argv: list[str] | None = None) -> int:
             with beam.Pipeline(options=options) as pipeline:
                 build_graph(pipeline, plan)
         except Exception as exc:  # the runner wraps worker errors; report the first line, not a traceback
+            known = project_error_message(exc)
+            if known is not None:
+                logging.debug("pipeline failure", exc_info=True)
+                fail(known)
             message = str(exc).strip().splitlines()
             detail = next((line for line in reversed(message) if "Error" in line or "Exception" in line),
                           message[-1] if message else type(exc).__name__)

@@ -194,3 +194,52 @@ def test_kill_9_never_leaves_a_manifest_on_an_incomplete_release(tmp_path, capsy
     assert run_build(*FAST, "--input", str(inputs), "--output", str(release), "--break-claim") == 0
     capsys.readouterr()
     assert verify_main([str(release)]) == 0
+
+
+# -- errors inside the pipeline: one line, no traceback -------------------------------------------------------------
+
+def test_a_claim_taken_during_the_run_stops_the_commit_with_one_line(tmp_path):
+    inputs = write_pairs(tmp_path / "in" / "pairs.jsonl", 2000)
+    release = tmp_path / "release"
+    build = start_build("--input", str(inputs), "--output", str(release))
+    assert _wait_for(release, CLAIM_KEY, build)
+    # Another run breaks the claim (--break-claim) while this one is still writing.
+    (release / CLAIM_KEY).write_text(json.dumps({"run_id": "0" * 32, "host": "other", "pid": 1,
+                                                 "started_utc": "now"}))
+    _, stderr = build.communicate(timeout=300)
+    assert build.returncode == 2, stderr
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and "claim" in lines[0] and "Traceback" not in stderr and "ERROR" not in stderr, stderr
+    assert not (release / "manifest.json").exists()
+    assert json.loads((release / CLAIM_KEY).read_text())["host"] == "other"  # the other run's claim stays
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 256 KiB tmpfs (root, or a user namespace, may mount one); skipped, with the reason, where neither can."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()[:200]}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_a_full_disk_gives_one_line_and_no_manifest(tmp_path, small_disk):
+    inputs = tmp_path / "in" / "pairs.jsonl"
+    inputs.parent.mkdir()
+    with open(inputs, "w") as handle:  # incompressible text: the shards outgrow the disk
+        for index in range(4000):
+            handle.write(json.dumps({"query": f"q {index} " + os.urandom(60).hex(),
+                                     "document": f"d {index} " + os.urandom(60).hex()}) + "\n")
+    release = small_disk / "release"
+    build = start_build("--input", str(inputs), "--output", str(release))
+    _, stderr = build.communicate(timeout=300)
+    assert build.returncode != 0
+    lines = error_lines(stderr)
+    assert len(lines) == 1 and "No space left" in lines[0] and "Traceback" not in stderr, stderr
+    assert not (release / "manifest.json").exists()
