@@ -27,6 +27,8 @@ from pipelines.records import make_input_reject, new_pair
 from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources.text import html_to_text, parse_tags
+from sources.xml_lines import (TEXT, MergeRuns, Piece, classify_lines, piece_problem, refuse_wide_encoding,
+                               scan_range, start_of)
 
 SOURCE_NAME = "stackexchange"
 TITLE_BODY = "stackexchange_title_body"
@@ -262,11 +264,15 @@ class _ParsePostsLine(beam.DoFn):
         site = site_of(name)
         provenance = {"record": f"{site}/{name.rsplit('/', 1)[-1]}", "input": name, "site": site}
         if problem is not None:
-            # An over-long row (kept only as a prefix) or a truncated/corrupt compressed stream.
+            # An over-long row (kept only as a prefix), a truncated/corrupt compressed stream, or a run of lines
+            # that are not rows (sources.xml_lines: one reject with its line range).
             self.bad_rows.inc()
+            reason, detail = ((problem["reason"], problem["detail"]) if isinstance(problem, dict)
+                              else ("row_too_large" if problem == "oversized_line" else problem, None))
+            if detail and "first_line" in detail:
+                provenance["lines"] = f"{detail['first_line']}-{detail['last_line']}"
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
-                dataset=POSTS, source=SOURCE_NAME, provenance=provenance,
-                reason="row_too_large" if problem == "oversized_line" else problem,
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, detail=detail,
                 raw=raw[:200].decode("utf-8", "replace")))
             return
         text, decode_error = decode_text(raw)
@@ -349,8 +355,9 @@ class _ReadArchive(beam.DoFn):
                 return
             if not os.path.exists(target):
                 return
-            for raw in iter_lines(target, max_line_bytes=self.max_row_bytes):
-                yield member_name, raw.data, raw.problem
+            with open(target, "rb") as member:
+                refuse_wide_encoding(f"{archive_uri}!{chosen}", member.read(4))
+            yield from read_member_lines(member_name, target, self.max_row_bytes)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -438,15 +445,27 @@ class _FileIO:
 
 class _ReadDumpLines(beam.DoFn):
     """A file or byte range of one -> (uri, raw line bytes, problem). Lines longer than the row bound come back
-    as a prefix with problem "oversized_line", never held whole in memory."""
+    as a prefix with problem "oversized_line", never held whole in memory. Comment/CDATA/PI regions and runs of
+    lines that are not rows leave on "runs" as pieces (sources.xml_lines), merged after the read."""
 
     def __init__(self, max_row_bytes: int):
         self.max_row_bytes = max_row_bytes
 
-    def process(self, unit: FileUnit):
-        for raw in iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
-                              max_line_bytes=self.max_row_bytes):
-            yield unit.uri, raw.data, raw.problem
+    def process(self, unit: FileUnit, scans):
+        state, first_line = start_of(unit.index, {i: scans[(unit.uri, i)] for i in range(unit.index)})
+        lines = iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
+                           first_line=first_line, max_line_bytes=self.max_row_bytes)
+        for item in classify_lines(unit.uri, lines, state):
+            if isinstance(item, Piece):
+                yield beam.pvalue.TaggedOutput("runs", item)
+            else:
+                yield unit.uri, item.data, item.problem
+
+
+def read_member_lines(name: str, path: str, max_row_bytes: int):
+    """The lines of an extracted archive member, as _ReadDumpLines gives them (read whole: runs are final)."""
+    for item in classify_lines(name, iter_lines(path, max_line_bytes=max_row_bytes), TEXT):
+        yield piece_problem(item) if isinstance(item, Piece) else (name, item.data, item.problem)
 
 
 def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig"):
@@ -459,10 +478,19 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
         unit = FileUnit(uri=item.uri, name=item.name, fmt="xml_rows", dataset=POSTS, license="",
                         compression=compression)
         units.extend(plan_line_units(unit, item.size, config.split_bytes))
-    return (pbegin
+    split = [unit for unit in units if unit.ranges > 1 and unit.index < unit.ranges - 1]
+    max_row_bytes = config.max_row_bytes
+    scans = (pbegin
+             | f"{label}SplitRanges" >> CreateUnits(split)
+             | f"{label}ScanRanges" >> beam.Map(
+                 lambda unit: ((unit.uri, unit.index), scan_range(unit.uri, unit.start, unit.end, max_row_bytes))))
+    read = (pbegin
             | f"{label}Units" >> CreateUnits(units)
             | f"{label}Spread" >> beam.Reshuffle()
-            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes)))
+            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes), beam.pvalue.AsDict(scans))
+            .with_outputs("runs", main="lines"))
+    runs = read.runs | f"{label}Runs" >> MergeRuns()
+    return (read.lines, runs) | f"{label}WithRuns" >> beam.Flatten()
 
 
 def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int,
@@ -600,6 +628,9 @@ def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, cont
     if not any(i.name.rsplit("/", 1)[-1].startswith("Posts.xml") or i.name.endswith(".7z") for i in usable):
         raise InputError("no Posts.xml or site .7z archive among the inputs: pass a site dump folder, "
                          "its .7z, or a glob of them")
+    for item in usable:
+        if not item.name.endswith(".7z"):
+            refuse_wide_encoding(item.uri)
     return ReadStackExchange(usable, source_config, context)
 
 
