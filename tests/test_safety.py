@@ -3,7 +3,6 @@ nothing from outside the input tree reaches a release."""
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import subprocess
@@ -184,3 +183,63 @@ def test_archive_unpacking_is_bounded_even_when_the_header_lies(tmp_path):
     assert run_build("--source", "stackexchange", "--input", str(archive), "--output", str(release), *FAST,
                      "--set", "download.max_extracted_bytes=4096") == 0
     assert [r["reason"] for r in release_rejects(release, "stackexchange_posts")] == ["archive_member_too_large"]
+
+
+# -- hostile releases: verify and explain are bounded ----------------------------------------------------------------
+
+def run_tool(module: str, *args: str, memory_bytes: int = 1536 << 20, timeout: float = 120):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO_ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout, preexec_fn=limit)
+
+
+@pytest.fixture
+def small_release(tmp_path):
+    import json
+
+    pairs = tmp_path / "pairs.jsonl"
+    with open(pairs, "w") as handle:
+        for index in range(50):
+            handle.write(json.dumps({"query": f"question {index}", "document": f"answer number {index}"}) + "\n")
+    release = tmp_path / "release"
+    assert run_build("--source", "jsonl", "--input", str(pairs), "--output", str(release), *FAST) == 0
+    return release
+
+
+def test_a_gzip_bomb_shard_fails_verify_and_explain_fast_with_one_line(small_release):
+    import gzip
+    import hashlib
+    import json
+
+    manifest_path = small_release / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    shard = manifest["datasets"]["custom_pairs"]["shards"][0]
+    first_id = json.loads(gzip.decompress((small_release / shard["key"]).read_bytes()).splitlines()[0])["id"]
+    bomb = gzip.compress(b" " * (1 << 30), 9)  # 1 GiB of spaces, no newline: ~1 MB compressed
+    (small_release / shard["key"]).write_bytes(bomb)
+    # The manifest is made consistent with the bomb: only reading the shard can tell.
+    shard.update(bytes=len(bomb), sha256=hashlib.sha256(bomb).hexdigest())
+    manifest_path.write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")) + "\n")
+
+    result = run_tool("pipelines.verify", str(small_release))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    failed = [line for line in result.stdout.splitlines() if line.startswith("FAIL")]
+    assert any(shard["key"] in line and "longer than" in line for line in failed), result.stdout
+
+    result = run_tool("pipelines.explain", str(small_release), first_id)
+    assert result.returncode == 2
+    assert "longer than" in one_error_line(result.stderr)
+
+
+def test_a_huge_manifest_is_refused_by_its_size(small_release):
+    manifest_path = small_release / "manifest.json"
+    with open(manifest_path, "r+b") as handle:  # 1 GiB (sparse: costs no disk)
+        handle.truncate(1 << 30)
+    result = run_tool("pipelines.verify", str(small_release))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "more than any manifest" in result.stdout
+    result = run_tool("pipelines.explain", str(small_release), "0" * 32)
+    assert result.returncode == 2 and "more than any manifest" in one_error_line(result.stderr)
