@@ -417,6 +417,8 @@ def main(argv: list[str] | None = None) -> int:
             fail("pipeline finished but no manifest was committed: the release is incomplete", status=1)
         manifest = json.loads(store.get_bytes(MANIFEST_KEY))
         print(format_funnel(manifest["funnel"]))
+        for warning in manifest["funnel"].get("warnings", []):
+            print(f"warning: {warning}", file=sys.stderr)
         print(f"release: {plan.output_uri} ({time.time() - started:.1f} s)")
         status = 0
         return 0

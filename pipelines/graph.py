@@ -88,12 +88,15 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples, stats):
+                samples, stats, input_outcomes=()):
         store = open_store(self.output_uri)
         self._check_claim(store)
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
         funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
                                              final_rows)
+        warnings = empty_input_warnings(input_outcomes)
+        if warnings:
+            funnel["warnings"] = warnings
         files: list[dict[str, Any]] = []
         draft = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
@@ -146,6 +149,34 @@ class _Finalize(beam.DoFn):
                                       "(--break-claim?); release not committed")
 
 
+def _input_of(record: dict[str, Any]) -> str:
+    provenance = record.get("provenance") or {}
+    return str(provenance.get("input") or "")
+
+
+def _rows_of(reject: dict[str, Any]) -> int:
+    # A collapsed run of unparseable lines is one reject standing for many lines.
+    lines = (reject.get("detail") or {}).get("lines")
+    return lines if isinstance(lines, int) and lines > 0 else 1
+
+
+def empty_input_warnings(input_outcomes) -> list[str]:
+    """A warning for each input that gave no pairs but rejects (a wrong file, encoding or format, say),
+    from ((input, "pair" or reject reason), rows) counts of the read stage."""
+    by_input: dict[str, dict[str, int]] = {}
+    for (name, outcome), count in input_outcomes:
+        by_input.setdefault(name, {})[outcome] = by_input.setdefault(name, {}).get(outcome, 0) + count
+    warnings = []
+    for name, outcomes in sorted(by_input.items()):
+        if not name or outcomes.get("pair"):
+            continue
+        rejected = sum(outcomes.values())
+        top = sorted(outcomes.items(), key=lambda item: (-item[1], item[0]))[:3]
+        reasons = ", ".join(f"{reason}={count}" for reason, count in top)
+        warnings.append(f"input {name} gave no pairs: {rejected} row(s) rejected ({reasons})")
+    return warnings
+
+
 def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
                    license_id: str, attribution: str) -> str | None:
     try:
@@ -170,6 +201,11 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     reject_parts = [read["rejects"]]
     report_parts = []
     read_counts = _count_by(pairs, "ReadCount", lambda pair: pair["dataset"])
+    input_outcomes = ((pairs | "InputPairKey" >> beam.Map(lambda pair: ((_input_of(pair), "pair"), 1)),
+                       read["rejects"] | "InputRejectKey" >> beam.Map(
+                           lambda reject: ((_input_of(reject), reject["reason"]), _rows_of(reject))))
+                      | "InputOutcomes" >> beam.Flatten()
+                      | "InputOutcomeSum" >> beam.CombinePerKey(sum))
 
     for label, transform in stage_transforms(plan):
         result = pairs | label >> transform
@@ -205,7 +241,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 reject_summaries=beam.pvalue.AsList(reject_summaries),
                 stage_reports=beam.pvalue.AsList(stage_reports),
                 samples=beam.pvalue.AsList(samples),
-                stats=beam.pvalue.AsList(stats)))
+                stats=beam.pvalue.AsList(stats),
+                input_outcomes=beam.pvalue.AsList(input_outcomes)))
 
 
 SAMPLES_PER_GROUP = 5

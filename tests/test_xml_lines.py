@@ -112,3 +112,20 @@ def test_utf16_and_utf32_dumps_are_refused_with_one_line(tmp_path, capsys, encod
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "UTF-8" in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_an_input_with_no_pairs_but_rejects_is_warned_about(tmp_path, capsys):
+    good = tmp_path / "dumps" / "good.stackexchange.com"
+    bad = tmp_path / "dumps" / "bad.stackexchange.com"
+    good.mkdir(parents=True)
+    bad.mkdir(parents=True)
+    (good / "Posts.xml").write_bytes(dump([question(1), question(2)]))
+    (bad / "Posts.xml").write_bytes(dump(["<a>"] * 1000 + ["<!--", question(3), "-->"]))
+    out = tmp_path / "out"
+    assert run_build("--source", "stackexchange", "--input", str(good), "--input", str(bad), "--output", str(out),
+                     *FAST) == 0
+    captured = capsys.readouterr()
+    expected = "input bad.stackexchange.com/Posts.xml gave no pairs: 1003 row(s) rejected"
+    assert expected in captured.err and expected in captured.out
+    assert expected in (out / "README.md").read_text()
+    assert "good.stackexchange.com" not in captured.err
