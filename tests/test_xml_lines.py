@@ -129,3 +129,43 @@ def test_an_input_with_no_pairs_but_rejects_is_warned_about(tmp_path, capsys):
     assert expected in captured.err and expected in captured.out
     assert expected in (out / "README.md").read_text()
     assert "good.stackexchange.com" not in captured.err
+
+
+FRAGMENTS = ["<row Id='1' />", "<!--", "-->", "<![CDATA[", "]]>", "<?pi", "?>", "<a>", "text", '"', "'", "<",
+             ">", " ", "<row Body=\"<!--\" />"]
+
+
+def classify_file(path, split: int | None):
+    """(line, kind) for every line, from a whole-file read or from byte ranges of ``split`` bytes."""
+    from sources.readers import iter_lines
+    from sources.xml_lines import Piece, classify_lines, scan_range, start_of
+
+    size = path.stat().st_size
+    bounds = [(0, None)] if split is None else [(start, min(start + split, size))
+                                                for start in range(0, size, split)]
+    scans = {index: scan_range(str(path), start, end, 1 << 20)
+             for index, (start, end) in enumerate(bounds) if end is not None}
+    out = []
+    for index, (start, end) in enumerate(bounds):
+        state, first = start_of(index, scans)
+        for item in classify_lines("f", iter_lines(str(path), start=start, end=end, first_line=first), state):
+            if isinstance(item, Piece):
+                out += [(line, item["reason"]) for line in range(item["first"], item["last"] + 1)]
+            else:
+                out.append((item.line, "line"))
+    return out
+
+
+def test_split_scans_agree_with_whole_file_scans_on_markup_soup(tmp_path):
+    from hypothesis import given, settings, strategies as st
+
+    path = tmp_path / "Posts.xml"
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(st.sampled_from(FRAGMENTS), max_size=6).map("".join), min_size=1, max_size=30),
+           st.integers(min_value=1, max_value=40))
+    def check(lines, split):
+        path.write_bytes("\n".join(lines).encode() + b"\n")
+        assert classify_file(path, split) == classify_file(path, None)
+
+    check()
