@@ -422,6 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"release: {plan.output_uri} ({time.time() - started:.1f} s)")
         status = 0
         return 0
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+        raise
     finally:
         finish_run(store, record_key, record, status)
 

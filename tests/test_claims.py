@@ -243,3 +243,29 @@ def test_a_full_disk_gives_one_line_and_no_manifest(tmp_path, small_disk):
     lines = error_lines(stderr)
     assert len(lines) == 1 and "No space left" in lines[0] and "Traceback" not in stderr, stderr
     assert not (release / "manifest.json").exists()
+
+
+def test_objects_not_written_by_this_run_are_named_before_a_commit(tmp_path, s3_env, s3_bucket):
+    from pipelines.release.ownership import manifest_entries, mismatched_objects
+    from pipelines.release.s3_store import S3Store
+    from pipelines.release.store import LocalStore
+
+    inputs = write_pairs(tmp_path / "in" / "pairs.jsonl")
+    release = tmp_path / "release"
+    assert run_build(*FAST, "--input", str(inputs), "--output", str(release)) == 0
+    manifest = json.loads((release / "manifest.json").read_text())
+    entries = manifest_entries(manifest)
+    assert mismatched_objects(LocalStore(release), entries) == []
+    shard = manifest["datasets"]["custom_pairs"]["shards"][0]["key"]
+    data = (release / shard).read_bytes()
+    (release / shard).write_bytes(data[:-8] + bytes([data[-8] ^ 1]) + data[-7:])  # same size, other bytes
+    assert mismatched_objects(LocalStore(release), entries) == [shard]
+
+    # S3: another writer's object (no sha256 metadata of ours, or another one) is told apart by a HEAD.
+    (release / shard).write_bytes(data)
+    store = S3Store.from_uri(f"s3://{s3_bucket}/verify-before-commit")
+    for entry in entries:
+        store.put_file(entry["key"], release / entry["key"])
+    assert mismatched_objects(store, entries) == []
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"verify-before-commit/{shard}", Body=data)
+    assert mismatched_objects(store, entries) == [shard]

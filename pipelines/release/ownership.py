@@ -146,22 +146,21 @@ def mismatched_objects(store: ReleaseStore, entries: Iterable[dict[str, Any]]) -
 
     Local objects are hashed again; S3 objects are compared by size and the sha256 this project stores in
     their metadata, which a write by anyone else (another run, another tool) replaces or drops."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipelines.release.store import LocalStore, sha256_file
 
-    bad = []
-    for entry in entries:
-        key = entry["key"]
-        info = store.head(key)
+    def differs(entry: dict[str, Any]) -> bool:
+        info = store.head(entry["key"])
         if info is None or info.size != entry["bytes"]:
-            bad.append(key)
-            continue
-        if isinstance(store, LocalStore):
-            digest = sha256_file(store.root / key)
-        else:
-            digest = info.sha256
-        if digest != entry["sha256"]:
-            bad.append(key)
-    return bad
+            return True
+        digest = sha256_file(store.root / entry["key"]) if isinstance(store, LocalStore) else info.sha256
+        return digest != entry["sha256"]
+
+    entries = list(entries)
+    with ThreadPoolExecutor(max_workers=8) as pool:  # one HEAD (or local hash) each, overlapped
+        flags = list(pool.map(differs, entries))
+    return [entry["key"] for entry, flag in zip(entries, flags) if flag]
 
 
 def manifest_entries(manifest: dict[str, Any]) -> list[dict[str, Any]]:
