@@ -152,11 +152,10 @@ def check_inside_root(path: str, root: str, raw: str, *, folder_link: bool = Fal
     """Inputs stay inside their tree: a symbolic link found in an input folder (or glob) is followed only when
     it resolves inside that folder, and only regular files are read (no devices, pipes or sockets)."""
     real_root = os.path.realpath(root)
-    if os.path.islink(path):
-        target = os.path.realpath(path)
-        if target != real_root and not target.startswith(real_root.rstrip(os.sep) + os.sep):
-            raise InputError(f"input {path} is a symbolic link to outside {raw}: refused (inputs are read only "
-                             "inside the folder or glob given)")
+    target = os.path.realpath(path)  # a link on the file, or on a folder between it and the root
+    if target != real_root and not target.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise InputError(f"input {path} is a symbolic link to outside {raw}: refused (inputs are read only "
+                         "inside the folder or glob given)")
     if not folder_link and not _is_regular(path):
         raise InputError(f"input {path} is not a regular file (or a link to one): refused")
 

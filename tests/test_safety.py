@@ -108,8 +108,19 @@ def test_a_symlink_out_of_a_dump_folder_is_refused_and_nothing_leaks(tmp_path, c
     assert run_build("--source", "stackexchange", "--input", str(site), "--output", str(release), *FAST) == 2
     assert "symbolic link to outside" in one_error_line(capsys.readouterr().err)
     assert not release.exists()
-    # Through a glob too.
+    # Through a glob too, and through a linked folder on the way.
     assert run_build("--source", "stackexchange", "--input", str(tmp_path / "dumps" / "*" / "Posts.xml"),
+                     "--output", str(release), *FAST) == 2
+    assert "symbolic link to outside" in one_error_line(capsys.readouterr().err)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "Posts.xml").write_bytes(site_posts([SITE_ROW]))
+    (site / "Posts.xml").unlink()
+    (tmp_path / "dumps" / "linked.stackexchange.com").symlink_to(elsewhere)
+    assert run_build("--source", "stackexchange", "--input", str(tmp_path / "dumps" / "*" / "Posts.xml"),
+                     "--output", str(release), *FAST) == 2  # Beam's glob does not enter linked folders
+    assert "input not found" in one_error_line(capsys.readouterr().err)
+    assert run_build("--source", "stackexchange", "--input", str(tmp_path / "dumps"),
                      "--output", str(release), *FAST) == 2
     assert "symbolic link to outside" in one_error_line(capsys.readouterr().err)
     assert not release.exists()
