@@ -142,8 +142,8 @@ def _quiet_logging() -> None:
             # as one line, by main().
             if record.exc_info and isinstance(record.exc_info[1], project_errors()):
                 return False
-            if record.levelno >= logging.ERROR and record.name.startswith("apache_beam") \
-                    and _PROJECT_ERROR_LINE.search(record.getMessage()):
+            # The runner's own error logs (worker tracebacks relayed as job messages, on the root logger too).
+            if record.levelno >= logging.ERROR and _PROJECT_ERROR_LINE.search(record.getMessage()):
                 return False
             return "apitools not found" not in record.getMessage()
 
