@@ -35,7 +35,7 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 
 from sources.base import InputError
-from sources.readers import RawLine, count_line_starts, decompressed_head, iter_lines, open_raw
+from sources.readers import RawLine, decompressed_head, iter_lines, open_raw
 
 TEXT, COMMENT, CDATA, PI = "text", "comment", "cdata", "pi"
 STATES = (TEXT, COMMENT, CDATA, PI)
@@ -112,30 +112,36 @@ class RangeScan:
 _IDENTITY = tuple((state, state) for state in STATES)
 
 
-def _has_markers(uri: str, start: int, end: int) -> bool:
-    """Whether a marker may occur in the lines owned by [start, end): read through the end of the last one
-    (conservative: a marker near them only costs the line scan)."""
+def _count_lines_and_find_markers(uri: str, start: int, end: int) -> tuple[int, bool]:
+    """One read of a range: how many lines start in [start, end) (as readers.count_line_starts), and whether a
+    marker may occur in the lines it owns (read through the end of the last one; conservative: a marker near
+    them only costs the line scan)."""
+    count = 1 if start == 0 else 0
+    scan_from = max(start - 1, 0)
     overlap = max(len(marker) for marker in _MARKERS) - 1
+    found, tail = False, b""
     with open_raw(uri) as handle:
-        position = max(start - 1, 0)
-        handle.seek(position)
-        tail = b""
+        handle.seek(scan_from)
+        position = scan_from
         while True:
             chunk = handle.read(_CHUNK)
             if not chunk:
-                return False
-            window = tail + chunk
-            if any(marker in window for marker in _MARKERS):
-                return True
+                break
             chunk_start, position = position, position + len(chunk)
+            if chunk_start < end - 1:  # newlines in [start - 1, end - 1) start lines in the range
+                count += chunk.count(b"\n", 0, min(len(chunk), end - 1 - chunk_start))
+            if not found:
+                window = tail + chunk
+                found = any(marker in window for marker in _MARKERS)
+                tail = window[-overlap:]
             if position > end - 1 and chunk.find(b"\n", max(end - 1 - chunk_start, 0)) >= 0:
-                return False
-            tail = window[-overlap:]
+                break
+    return count, found
 
 
 def scan_range(uri: str, start: int, end: int, max_line_bytes: int) -> RangeScan:
-    lines = count_line_starts(uri, start, end)
-    if not _has_markers(uri, start, end):
+    lines, has_markers = _count_lines_and_find_markers(uri, start, end)
+    if not has_markers:
         return RangeScan(lines, _IDENTITY)
     states = {state: state for state in STATES}
     for raw in iter_lines(uri, start=start, end=end, max_line_bytes=max_line_bytes):

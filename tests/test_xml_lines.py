@@ -169,3 +169,25 @@ def test_split_scans_agree_with_whole_file_scans_on_markup_soup(tmp_path):
         assert classify_file(path, split) == classify_file(path, None)
 
     check()
+
+
+def test_the_one_pass_line_count_equals_the_readers_count(tmp_path):
+    from hypothesis import given, settings, strategies as st
+
+    from sources.readers import count_line_starts
+    from sources.xml_lines import _count_lines_and_find_markers
+
+    path = tmp_path / "Posts.xml"
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.sampled_from([b"\n", b"a", b"<!--", b"-->", b"\n\n"]), max_size=60).map(b"".join),
+           st.data())
+    def check(data, draw):
+        path.write_bytes(data)
+        if not data:
+            return
+        start = draw.draw(st.integers(0, len(data) - 1))
+        end = draw.draw(st.integers(start + 1, len(data)))
+        assert _count_lines_and_find_markers(str(path), start, end)[0] == count_line_starts(str(path), start, end)
+
+    check()
