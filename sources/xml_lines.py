@@ -92,8 +92,8 @@ def scan_line(data: bytes, state: str) -> str:
 
 
 def _scan_line_fast(data: bytes, state: str) -> str:
-    # Lines without any marker cannot change the state: skip the byte loop.
-    if not any(marker in data for marker in _MARKERS):
+    # Lines without any marker cannot change the state: skip the scan.
+    if not _may_hold_marker(data):
         return state
     return scan_line(data, state)
 
@@ -110,6 +110,16 @@ class RangeScan:
 
 
 _IDENTITY = tuple((state, state) for state in STATES)
+
+
+# Supersets of the markers that sre finds at memchr speed (a literal first byte): "<!" or "<?" opens, and a
+# ">" after "-", "]" or "?" closes. A false alarm ("->" in text) only costs the line scan of its range.
+_OPENER_HINT = re.compile(rb"<[!?]")
+_CLOSER_HINT = re.compile(rb">(?<=[-\]?]>)")
+
+
+def _may_hold_marker(data: bytes) -> bool:
+    return bool(_OPENER_HINT.search(data) or _CLOSER_HINT.search(data))
 
 
 def _count_lines_and_find_markers(uri: str, start: int, end: int) -> tuple[int, bool]:
@@ -132,7 +142,7 @@ def _count_lines_and_find_markers(uri: str, start: int, end: int) -> tuple[int, 
                 count += chunk.count(b"\n", 0, min(len(chunk), end - 1 - chunk_start))
             if not found:
                 window = tail + chunk
-                found = any(marker in window for marker in _MARKERS)
+                found = _may_hold_marker(window)
                 tail = window[-overlap:]
             if position > end - 1 and chunk.find(b"\n", max(end - 1 - chunk_start, 0)) >= 0:
                 break
