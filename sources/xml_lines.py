@@ -140,10 +140,9 @@ def _count_lines_and_find_markers(uri: str, start: int, end: int) -> tuple[int, 
             chunk_start, position = position, position + len(chunk)
             if chunk_start < end - 1:  # newlines in [start - 1, end - 1) start lines in the range
                 count += chunk.count(b"\n", 0, min(len(chunk), end - 1 - chunk_start))
-            if not found:
-                window = tail + chunk
-                found = _may_hold_marker(window)
-                tail = window[-overlap:]
+            if not found:  # the chunk, and the seam with the previous one (no copy of the chunk)
+                found = _may_hold_marker(chunk) or _may_hold_marker(tail + chunk[:overlap])
+                tail = chunk[-overlap:]
             if position > end - 1 and chunk.find(b"\n", max(end - 1 - chunk_start, 0)) >= 0:
                 break
     return count, found
