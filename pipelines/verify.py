@@ -572,9 +572,10 @@ def check_inputs(inputs: list[dict[str, Any]], located: dict[str, str]) -> list[
 
 
 def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
-    """--input arguments that give every input its recorded name. A local file is linked into a tree that
-    mirrors its name (the build names a file by its path below the folder it was given); a remote one is passed
-    as it is (the build names it by its base name)."""
+    """--input arguments that give every input its recorded name. A local file is hard-linked (or, across
+    filesystems, copied) into a tree that mirrors its name (the build names a file by its path below the folder
+    it was given; it refuses symbolic links that leave that folder); a remote one is passed as it is (the build
+    names it by its base name)."""
     arguments: list[str] = []
     for name, uri in sorted(located.items()):
         if "://" in uri and not uri.startswith("file://"):
@@ -582,7 +583,11 @@ def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
             continue
         link = folder / _safe_input_name(name)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
+        source = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
+        try:
+            os.link(source, link)
+        except OSError:  # another filesystem, or a file we may not link
+            shutil.copyfile(source, link)
         top = str(folder / name.split("/", 1)[0])
         if top not in arguments:
             arguments.append(top)
