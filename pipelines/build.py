@@ -125,7 +125,8 @@ def project_error_message(exc: BaseException) -> str | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         if isinstance(current, project_errors()):
-            return _strip_step(str(current).strip().splitlines()[0] if str(current).strip() else type(current).__name__)
+            text = str(current).strip()
+            return _strip_step(text.splitlines()[0] if text else type(current).__name__)
         current = current.__cause__ or current.__context__
     found = _PROJECT_ERROR_LINE.findall(str(exc))
     return _strip_step(found[-1]) if found else None
@@ -242,13 +243,12 @@ def refuse_overlap(output_uri: str, store, given: list[str], inputs) -> None:
     output = _location(getattr(store, "uri", output_uri))
     if output is None:
         return
-    candidates = [(raw, raw) for raw in given] + [(item.uri, item.uri) for item in inputs]
-    for shown, uri in candidates:
+    for uri in list(given) + [item.uri for item in inputs]:
         where = _location(uri)
         if where is None or where[0] != output[0]:
             continue
         if _inside(where[1], output[1]) or _inside(output[1], where[1]):
-            raise UsageError(f"--output {output_uri} overlaps the input {shown} (one is inside the other): a "
+            raise UsageError(f"--output {output_uri} overlaps the input {uri} (one is inside the other): a "
                              "build never writes where it reads; choose another --output")
 
 
@@ -305,6 +305,9 @@ def claim_destination(plan, store, args, described, argv: list[str], started: fl
             raise UsageError(f"{store.uri} holds {len(blocking)} object(s) this project did not write where the "
                              f"release puts its own ({ownership.sample_keys(blocking)}); nothing was changed: "
                              "move them or choose another --output")
+        if (previous is not None or store.exists(MANIFEST_KEY)) and not args.overwrite:
+            raise UsageError(f"a complete release already exists at {store.uri_for(MANIFEST_KEY)}; "
+                             "choose another --output or pass --overwrite to replace it")
         others = present - owned - blocking
         if others:
             print(f"note: left alone at {store.uri}: {len(others)} object(s) not written by this project "
@@ -317,7 +320,7 @@ def claim_destination(plan, store, args, described, argv: list[str], started: fl
             "argv": argv,
             "inputs": [{"name": d["name"], "uri": d["uri"]} for d in described],
             "preexisting": sorted(present),
-            "prior_manifest_keys": sorted(ownership._manifest_keys(previous)),
+            "prior_manifest_keys": sorted(ownership.manifest_keys(previous)),
             "adopted": sorted(adopted),
             "left_alone": sorted(others),
             "finished": False,
@@ -325,9 +328,6 @@ def claim_destination(plan, store, args, described, argv: list[str], started: fl
         key = run_record_key(started, run_id)
         write_run_record(store, key, record)
         if previous is not None or store.exists(MANIFEST_KEY):
-            if not args.overwrite:
-                raise UsageError(f"a complete release already exists at {store.uri_for(MANIFEST_KEY)}; "
-                                 "choose another --output or pass --overwrite to replace it")
             # Uncommit the old release first (--overwrite): while we rebuild, the destination is visibly
             # incomplete.
             store.delete(MANIFEST_KEY)
@@ -340,8 +340,8 @@ def claim_destination(plan, store, args, described, argv: list[str], started: fl
 
 
 def finish_run(store, key: str, record: dict[str, Any], status: int) -> None:
-    """Record what this run wrote (its manifest's keys, and anything new under data/ and rejects/ while it
-    held the claim), then release the claim. Best effort: the run's own outcome is already decided."""
+    """Record what this run wrote (its manifest's keys, and every key outside runs/ that appeared while it held
+    the claim), then release the claim. Best effort: the run's own outcome is already decided."""
     from pipelines.release import ownership
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
@@ -349,7 +349,7 @@ def finish_run(store, key: str, record: dict[str, Any], status: int) -> None:
     try:
         manifest = ownership.read_small_json(store, MANIFEST_KEY) if status == 0 else None
         now = {key for key in store.list_keys() if not key.startswith("runs/")}
-        wrote = (now - set(record["preexisting"])) | ownership._manifest_keys(manifest)
+        wrote = (now - set(record["preexisting"])) | ownership.manifest_keys(manifest)
         record.update(finished=True, status=status, wrote=sorted(wrote))
         write_run_record(store, key, record)
     except StoreError as exc:
@@ -390,9 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(plan.output_uri)
     try:
         record_key, record = claim_destination(plan, store, args, described, argv, started)
-    except UsageError as exc:
-        fail(str(exc))
-    except StoreError as exc:
+    except (UsageError, StoreError) as exc:
         fail(str(exc))
     status = 1
     try:
@@ -427,6 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         finish_run(store, record_key, record, status)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,7 +92,7 @@ def row_keys(store: ReleaseStore) -> set[str]:
     return {key for prefix in RELEASE_ROW_PREFIXES for key in store.list_keys(prefix)}
 
 
-def _manifest_keys(manifest: Any) -> set[str]:
+def manifest_keys(manifest: Any) -> set[str]:
     from pipelines.release.manifest import release_keys
 
     if not isinstance(manifest, dict):
@@ -122,7 +122,7 @@ def owned_keys(store: ReleaseStore, manifest: Any = None) -> set[str]:
     """Every key that the current manifest or a run record of this project says the project wrote."""
     from pipelines.release.manifest import MANIFEST_KEY
 
-    owned = _manifest_keys(manifest if manifest is not None else read_small_json(store, MANIFEST_KEY))
+    owned = manifest_keys(manifest if manifest is not None else read_small_json(store, MANIFEST_KEY))
     for _, record in run_records(store):
         for field in ("wrote", "adopted", "release_keys", "prior_manifest_keys"):
             owned |= _string_list(record.get(field))
