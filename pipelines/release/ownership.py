@@ -7,8 +7,9 @@ pid, run id, start time: nothing secret). A claim left by a dead run is cleared 
 Before the manifest is committed the finalizer checks that the claim is still this run's and that every object
 the manifest lists holds the bytes this run wrote.
 
-What the project wrote: the keys an earlier manifest or run record of this project lists (``release_keys``,
-``wrote``, ``adopted``). Clean-up removes only those; anything else is left alone and reported. A run record
+What the project wrote: the keys an earlier manifest or run record of this project lists (the manifest's objects;
+a record's ``wrote``, ``adopted``, ``prior_manifest_keys``). Clean-up removes only those; anything else is left
+alone and reported. A run record
 keeps the keys present when its run claimed the release (``preexisting``), so keys a killed run left behind can
 be attributed to it by the next run that holds the claim (``adopted``).
 """
@@ -124,7 +125,7 @@ def owned_keys(store: ReleaseStore, manifest: Any = None) -> set[str]:
 
     owned = manifest_keys(manifest if manifest is not None else read_small_json(store, MANIFEST_KEY))
     for _, record in run_records(store):
-        for field in ("wrote", "adopted", "release_keys", "prior_manifest_keys"):
+        for field in ("wrote", "adopted", "prior_manifest_keys"):
             owned |= _string_list(record.get(field))
     return owned
 
