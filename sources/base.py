@@ -65,6 +65,9 @@ class Source:
     # that the content's licence requires.
     license_id: str = "other"
     attribution: str = ""
+    # (inputs, source_config) -> the inputs this source reads; only these are hashed into the manifest.
+    # None: every input is read.
+    select_inputs: Callable[..., list[Any]] | None = None
 
 
 def _filesystems():
@@ -88,6 +91,13 @@ def expand_inputs(uris: list[str]) -> list[InputFile]:
         uri = raw[len("file://"):] if raw.startswith("file://") else raw
         if not _is_remote(uri):
             uri = os.path.expanduser(uri)
+            folders = _matching_folders(uri)
+            if folders:
+                # A glob of dump folders ('dumps/*.stackexchange.com'): each folder is read as if named alone.
+                for folder in folders:
+                    check_inside_root(folder, glob_root(uri), raw, folder_link=True)
+                    files.update((item.uri, item) for item in expand_inputs([folder]))
+                continue
             if os.path.isdir(uri):
                 root = os.path.abspath(uri)
                 base = os.path.dirname(root.rstrip(os.sep))
@@ -158,6 +168,16 @@ def check_inside_root(path: str, root: str, raw: str, *, folder_link: bool = Fal
                          "inside the folder or glob given)")
     if not folder_link and not _is_regular(path):
         raise InputError(f"input {path} is not a regular file (or a link to one): refused")
+
+
+def _matching_folders(pattern: str) -> list[str]:
+    """The folders a local glob matches, when it matches only folders (a glob of files is left to Beam)."""
+    if not any(ch in pattern for ch in "*?["):
+        return []
+    import glob
+
+    matches = sorted(glob.glob(pattern))
+    return matches if matches and all(os.path.isdir(match) for match in matches) else []
 
 
 def sha256_uri(uri: str, chunk_size: int = 1 << 20) -> str:
