@@ -244,8 +244,10 @@ def test_unknown_id_exits_1_with_one_line(demo, capsys):
     assert run(str(root), "0" * 32) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and len(captured.err.strip().splitlines()) == 1 and "not found" in captured.err
-    assert run(str(root), "not-an-id") == 1
-    assert "not a pair id" in capsys.readouterr().err
+    # A malformed id is a usage error: 2, like every other bad command line.
+    assert run(str(root), "not-an-id") == 2
+    err = capsys.readouterr().err
+    assert "not a pair id" in err and len(err.strip().splitlines()) == 1
 
 
 def test_unreadable_release_exits_2_with_one_line(tmp_path, demo, capsys):
