@@ -210,7 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
+        from pipelines.cli_options import check_unknown_options
         from pipelines.translate import refuse_secret_options
+
+        check_unknown_options(beam_args, parser)
 
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
