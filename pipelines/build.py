@@ -72,6 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing release at --output (otherwise a complete release there is "
                              "never overwritten)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines on stderr while the pipeline runs (Beam metrics still count)")
     return parser
 
 
@@ -232,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.release.manifest import MANIFEST_KEY, format_funnel
     from pipelines.release.store import open_store
 
+    from pipelines import progress
+
+    progress.set_quiet(args.quiet)
+    progress.reset()
     started = time.time()
     write_run_record(plan, described, argv, started)
     print(f"building {args.source} release -> {plan.output_uri} "
