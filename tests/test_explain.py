@@ -294,13 +294,13 @@ def test_s3_release_gives_the_same_lineage(demo, s3_bucket, capsys):
 # -- a real build ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def built(shared_data, tmp_path_factory) -> Path:
+def built(stackexchange_sample, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("explain-build") / "release"
     # Small shards so that the lookup has to pick the right one.
     status = run_build("--source", "stackexchange", "--input",
-                       str(shared_data / "stackexchange" / "cardano.stackexchange.com"), "--output", str(output),
+                       str(stackexchange_sample), "--output", str(output),
                        "--skip", "minhash", "--skip", "consistency", "--skip", "negatives",
-                       "--set", "release.shard_rows=300", "--set", "release.reject_shard_rows=40")
+                       "--set", "release.shard_rows=40", "--set", "release.reject_shard_rows=2")
     assert status == 0
     return output
 

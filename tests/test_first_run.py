@@ -60,3 +60,73 @@ def test_a_misspelt_set_key_gets_a_suggestion(tmp_path, capsys):
         assert err == [f"error: unknown config key '{unknown}'; did you mean '{meant}'?"]
     assert run_build("--source", "stackexchange", "--set", "embedding.zzz=1", "--output", str(tmp_path / "o")) == 2
     assert capsys.readouterr().err.strip().splitlines() == ["error: unknown config key 'embedding.zzz'"]
+
+
+# -- the bundled sample and progress -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bare_build(tmp_path_factory):
+    """`python -m pipelines.build --source stackexchange` with no --input: every stage, on the bundled sample."""
+    output = tmp_path_factory.mktemp("bare") / "release"
+    result = _build("--source", "stackexchange", "--output", str(output))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, result.stderr
+
+
+def test_without_input_the_bundled_sample_is_built(bare_build):
+    import json
+
+    from sources.stackexchange import BUNDLED_SAMPLE
+
+    output, stderr = bare_build
+    assert "no --input: building the sample bundled with the project" in stderr
+    manifest = json.loads((output / "manifest.json").read_text())
+    names = {item["name"]: item for item in manifest["inputs"]}
+    assert sorted(names) == ["cardano.stackexchange.com/PostLinks.xml", "cardano.stackexchange.com/Posts.xml"]
+    assert names["cardano.stackexchange.com/Posts.xml"]["bytes"] == (Path(BUNDLED_SAMPLE) / "Posts.xml").stat().st_size
+    # A consistent slice: the 5 duplicate links join kept posts, answers belong to kept questions.
+    assert manifest["datasets"]["stackexchange_duplicates"]["rows"] == 5
+    assert manifest["datasets"]["stackexchange_title_body"]["rows"] > 80
+    assert manifest["datasets"]["stackexchange_question_answer"]["rows"] > 60
+    assert (Path(BUNDLED_SAMPLE).parent / "ATTRIBUTION.md").read_text().count("CC BY-SA 4.0") >= 2
+
+
+def test_stderr_shows_each_stage_with_counts(bare_build):
+    import json
+    import re
+
+    output, stderr = bare_build
+    lines = [line for line in stderr.splitlines() if line.startswith("progress ")]
+    for stage in ("read", "normalize", "exact_dedup", "minhash", "embedding", "embed", "search", "write"):
+        assert any(line.startswith(f"progress {stage}: ") for line in lines), (stage, lines)
+    assert any(re.fullmatch(r"progress read: ([\d.]+ KiB)/\1 \(100%\) done in \d+ s, .*/s", line) for line in lines)
+    embed_done = [re.fullmatch(r"progress embed: ([\d,]+)/([\d,]+) texts \(100%\) done in .*", line) for line in lines]
+    embed_done = [match for match in embed_done if match]
+    assert len(embed_done) == 1 and embed_done[0].group(1) == embed_done[0].group(2)
+    manifest = json.loads((output / "manifest.json").read_text())
+    pairs = sum(summary["rows"] for summary in manifest["datasets"].values())
+    rejects = sum(summary["rows"] for summary in manifest["rejects"].values())
+    assert f"progress write: {pairs + rejects:,}/{pairs + rejects:,} rows (100%) done" in stderr
+    assert any(re.fullmatch(r"progress search: ([\d,]+)/\1 pairs \(100%\) done in .*", line) for line in lines)
+    # Calm: lines at a stage's start and end, and every few seconds between; never one per row.
+    assert len(lines) < 60
+
+
+def test_quiet_prints_no_progress(tmp_path):
+    result = _build("--source", "stackexchange", "--output", str(tmp_path / "quiet"), "--quiet",
+                    "--skip", "consistency", "--skip", "negatives")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not [line for line in result.stderr.splitlines() if line.startswith("progress")]
+    assert "release:" in result.stdout
+
+
+def test_progress_line_format():
+    from pipelines.progress import format_line, format_start
+
+    assert format_start("embed", "texts", 4212) == "progress embed: started, 4,212 texts to do"
+    assert format_line("embed", "texts", 1536, 4212, 25.0) == \
+        "progress embed: 1,536/4,212 texts (36%), 61 texts/s, ETA 44 s"
+    assert format_line("read", "bytes", 3 << 20, 6 << 20, 2.0) == \
+        "progress read: 3.0 MiB/6.0 MiB (50%), 1.5 MiB/s, ETA 2 s"
+    assert format_line("write", "rows", 10, 10, 4.0) == "progress write: 10/10 rows (100%) done in 4 s, 2 rows/s"
+    assert format_line("minhash", "pairs", 500, None, 100.0) == "progress minhash: 500 pairs, 5 pairs/s, 1 min 40 s so far"

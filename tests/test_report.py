@@ -289,10 +289,10 @@ def test_report_shows_samples_inputs_and_model():
 # -- a real build ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def release(shared_data, tmp_path_factory) -> Path:
+def release(stackexchange_sample, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("report") / "release"
-    status = run_build("--source", "stackexchange", "--input", str(shared_data / "stackexchange" /
-                       "cardano.stackexchange.com"), "--output", str(output), "--skip", "minhash",
+    status = run_build("--source", "stackexchange", "--input", str(stackexchange_sample),
+                       "--output", str(output), "--skip", "minhash",
                        "--skip", "consistency", "--skip", "negatives")
     assert status == 0
     return output
