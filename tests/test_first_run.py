@@ -130,3 +130,32 @@ def test_progress_line_format():
         "progress read: 3.0 MiB/6.0 MiB (50%), 1.5 MiB/s, ETA 2 s"
     assert format_line("write", "rows", 10, 10, 4.0) == "progress write: 10/10 rows (100%) done in 4 s, 2 rows/s"
     assert format_line("minhash", "pairs", 500, None, 100.0) == "progress minhash: 500 pairs, 5 pairs/s, 1 min 40 s so far"
+
+
+def test_translate_refuses_unknown_options_too(tmp_path, capsys):
+    from pipelines import translate
+
+    with pytest.raises(SystemExit) as stop:
+        translate.main(["--source", "stackexchange", "--output", "s3://bucket/rel", "--out", str(tmp_path / "j.json"),
+                        "--runner", "DataflowRunner", "--projetc", "p"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == ["error: unknown option --projetc; did you mean --project?"]
+
+
+def test_progress_figures_are_beam_metrics():
+    import apache_beam as beam
+    from apache_beam.metrics.metric import MetricsFilter
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipelines.progress import CountProgress
+
+    pipeline = TestPipeline()
+    rows = pipeline | beam.Create([{"rows": 3}, {"rows": 4}, {"rows": 5}])
+    total = pipeline | "Total" >> beam.Create([12])
+    _ = rows | beam.ParDo(CountProgress("test_write", "rows", weight_key="rows"), total=beam.pvalue.AsSingleton(total))
+    result = pipeline.run()
+    result.wait_until_finish()
+    metrics = result.metrics().query(MetricsFilter().with_namespace("progress"))
+    done = {m.key.metric.name: m.committed for m in metrics["counters"]}
+    totals = {m.key.metric.name: m.committed.value for m in metrics["gauges"]}
+    assert done["test_write_rows_done"] == 12 and totals["test_write_rows_total"] == 12
