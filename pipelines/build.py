@@ -215,10 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.cli_options import check_unknown_options
         from pipelines.translate import refuse_secret_options
 
-        check_unknown_options(beam_args, parser)
-
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
+        check_unknown_options(beam_args, parser)
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
     except UsageError as exc:
