@@ -565,8 +565,18 @@ def _provenance_cell(provenance: Any) -> _Html:
     def shown(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
-    lines = [f"<b>{esc(key)}</b>: {esc(_preview(shown(provenance[key]), 200))}" for key in sorted(provenance)]
-    return _Html('<div class="wrap">' + "<br>".join(lines) + "</div>")
+    def line(key: str) -> str:
+        return f"<b>{esc(key)}</b>: {esc(_preview(shown(provenance[key]), 200))}"
+
+    # The record and its URL say where the pair comes from; the rest opens on a click, keeping rows short.
+    first = [key for key in ("record", "url") if key in provenance]
+    rest = [key for key in sorted(provenance) if key not in first]
+    markup = "<br>".join(line(key) for key in first)
+    if rest:
+        more = "<br>".join(line(key) for key in rest)
+        markup += (("<br>" if markup else "") +
+                   f"<details><summary>{len(rest)} more</summary>{more}</details>")
+    return _Html('<div class="wrap">' + markup + "</div>")
 
 
 def _text_cell(text: Any) -> _Html:

@@ -345,6 +345,10 @@ def test_sample_texts_are_cut_with_an_ellipsis_and_open_whole():
         assert f'<div class="full">{document}</div>' in html
         assert re.search(re.escape(document[:100]) + r"[^<]*…</summary>", html)
     assert "max-height" not in html and "overflow:auto" not in html  # no scroll boxes that clip text
+    # Provenance shows the record and its URL; the other keys open on a click.
+    assert "<b>record</b>: demo_title_body/" in html
+    assert re.search(r"<details><summary>2 more</summary><b>input</b>: [^<]+<br><b>license</b>: CC BY-SA 4.0</details>",
+                     html)
     # Reject groups are closed by default, kept pairs open.
     assert html.count("<details open><summary><b>demo_") == 2
     assert re.search(r"<details><summary><b>minhash / near_duplicate</b> \(\d+ samples\)</summary>", html)
