@@ -159,3 +159,19 @@ def test_progress_figures_are_beam_metrics():
     done = {m.key.metric.name: m.committed for m in metrics["counters"]}
     totals = {m.key.metric.name: m.committed.value for m in metrics["gauges"]}
     assert done["test_write_rows_done"] == 12 and totals["test_write_rows_total"] == 12
+
+
+def test_ci_runs_exactly_the_readme_set_up_and_test_commands():
+    import re
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## Set up and run"):readme.index("## The pipeline")]
+    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    install, main_job, tests = ([line.strip() for line in block.splitlines() if line.strip()] for block in blocks)
+    assert install[0].startswith("python3.11 -m venv .venv") and tests == ["python -m pytest -q"]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in install[1] and "--no-deps" in install[1]
+    assert main_job == ["python -m pipelines.build --source stackexchange --output releases/cardano"]
+    ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
+          if line.strip() and not line.startswith("#")]
+    assert ci[:2] == ["set -euo pipefail", 'cd "$(dirname "$0")/.."']
+    assert ci[2:] == install + tests
