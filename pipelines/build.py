@@ -218,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
         check_unknown_options(beam_args, parser)
+        from pipelines.progress import set_quiet
+
+        set_quiet(args.quiet)  # before planning: a download's progress bar honours it too
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
     except UsageError as exc:
@@ -235,7 +238,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipelines import progress
 
-    progress.set_quiet(args.quiet)
     progress.reset()
     started = time.time()
     write_run_record(plan, described, argv, started)

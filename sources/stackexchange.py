@@ -23,7 +23,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
-from pipelines.progress import Progress
+from pipelines.progress import Progress, is_quiet
 from pipelines.records import make_input_reject, new_pair
 from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
@@ -345,7 +345,10 @@ class _ReadArchive(beam.DoFn):
                 return
             if not os.path.exists(target):
                 return
+            # Progress per unpacked member ("read Posts.xml"): its size is known only once it is unpacked.
+            progress = Progress(f"read {self.wanted}", "bytes", os.path.getsize(target))
             for raw in iter_lines(target, max_line_bytes=self.max_row_bytes):
+                progress.add(len(raw.data) + 1)
                 yield member_name, raw.data, raw.problem
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -591,7 +594,8 @@ def default_inputs(source_config: StackExchangeSourceConfig, download_config) ->
     paths = []
     for site in source_config.sites:
         url = source_config.url_template.format(site=site)
-        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s)
+        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s,
+                       progress=not is_quiet())
         named = os.path.join(os.path.expanduser(download_config.cache_dir), "stackexchange", f"{site}.7z")
         os.makedirs(os.path.dirname(named), exist_ok=True)
         if os.path.islink(named) or os.path.exists(named):
