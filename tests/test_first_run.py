@@ -129,7 +129,8 @@ def test_progress_line_format():
     assert format_line("read", "bytes", 3 << 20, 6 << 20, 2.0) == \
         "progress read: 3.0 MiB/6.0 MiB (50%), 1.5 MiB/s, ETA 2 s"
     assert format_line("write", "rows", 10, 10, 4.0) == "progress write: 10/10 rows (100%) done in 4 s, 2 rows/s"
-    assert format_line("minhash", "pairs", 500, None, 100.0) == "progress minhash: 500 pairs, 5 pairs/s, 1 min 40 s so far"
+    assert format_line("minhash", "pairs", 500, None, 100.0) == \
+        "progress minhash: 500 pairs, 5 pairs/s, 1 min 40 s so far"
 
 
 def test_translate_refuses_unknown_options_too(tmp_path, capsys):
