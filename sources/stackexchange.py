@@ -24,6 +24,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
+from pipelines.progress import Progress, is_quiet
 from pipelines.records import make_input_reject, new_pair
 from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
@@ -63,8 +64,9 @@ class StackExchangeSourceConfig(SourceSection):
     # The site of every input when its folder or archive is not named after one (a dump unpacked into
     # "data/"): it names provenance and the CC BY-SA links (https://SITE/q/ID). null: from the names.
     site: str | None = None
-    # Sites to download when --input is absent, and where from ({site} is replaced).
-    sites: list[str] = Field(default_factory=lambda: ["cardano.stackexchange.com"])
+    # Sites to download when --input is absent, and where from ({site} is replaced). Empty (the default): the
+    # sample bundled with the project is built instead, with no network.
+    sites: list[str] = Field(default_factory=list)
     url_template: str = "https://archive.org/download/stackexchange/{site}.7z"
 
 
@@ -365,7 +367,9 @@ class _ReadArchive(beam.DoFn):
                 return
             with open(target, "rb") as member:
                 refuse_wide_encoding(f"{archive_uri}!{chosen}", member.read(4))
-            yield from read_member_lines(member_name, target, self.max_row_bytes)
+            # Progress per unpacked member ("read Posts.xml"): its size is known only once it is unpacked.
+            progress = Progress(f"read {self.wanted}", "bytes", os.path.getsize(target))
+            yield from read_member_lines(member_name, target, self.max_row_bytes, progress)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
@@ -456,27 +460,41 @@ class _ReadDumpLines(beam.DoFn):
     as a prefix with problem "oversized_line", never held whole in memory. Comment/CDATA/PI regions and runs of
     lines that are not rows leave on "runs" as pieces (sources.xml_lines), merged after the read."""
 
-    def __init__(self, max_row_bytes: int):
+    def __init__(self, max_row_bytes: int, total_bytes: int | None = None):
         self.max_row_bytes = max_row_bytes
+        # All the dump files' bytes: the total of the "read" progress line (stderr and Beam metrics).
+        self.total_bytes = total_bytes
+
+    def setup(self):
+        self.progress = Progress("read", "bytes", self.total_bytes)
 
     def process(self, unit: FileUnit, scans):
         state, first_line = start_of(unit.index, {i: scans[(unit.uri, i)] for i in range(unit.index)})
         lines = iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
                            first_line=first_line, max_line_bytes=self.max_row_bytes)
-        for item in classify_lines(unit.uri, lines, state):
+        for item in classify_lines(unit.uri, _counted(lines, self.progress), state):
             if isinstance(item, Piece):
                 yield beam.pvalue.TaggedOutput("runs", item)
             else:
                 yield unit.uri, item.data, item.problem
 
 
-def read_member_lines(name: str, path: str, max_row_bytes: int):
+def _counted(lines, progress):
+    for raw in lines:
+        # Bytes of the (decompressed) line and its newline: for a plain file, the share of the file read.
+        progress.add(len(raw.data) + 1)
+        yield raw
+
+
+def read_member_lines(name: str, path: str, max_row_bytes: int, progress):
     """The lines of an extracted archive member, as _ReadDumpLines gives them (read whole: runs are final)."""
-    for item in classify_lines(name, iter_lines(path, max_line_bytes=max_row_bytes), TEXT):
+    lines = _counted(iter_lines(path, max_line_bytes=max_row_bytes), progress)
+    for item in classify_lines(name, lines, TEXT):
         yield piece_problem(item) if isinstance(item, Piece) else (name, item.data, item.problem)
 
 
-def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig"):
+def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig",
+                total_bytes: int | None = None):
     """Reads of plain (or gzip) dump files, split into byte ranges so one huge Posts.xml is read in parallel.
 
     Bytes, not text: invalid UTF-8 becomes a reject, not a crash."""
@@ -495,7 +513,8 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
     read = (pbegin
             | f"{label}Units" >> CreateUnits(units)
             | f"{label}Spread" >> beam.Reshuffle()
-            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes), beam.pvalue.AsDict(scans))
+            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes, total_bytes),
+                                            beam.pvalue.AsDict(scans))
             .with_outputs("runs", main="lines"))
     runs = read.runs | f"{label}Runs" >> MergeRuns()
     return (read.lines, runs) | f"{label}WithRuns" >> beam.Flatten()
@@ -551,8 +570,12 @@ class ReadStackExchange(beam.PTransform):
         row_reject_parts = []
         reject_parts = []
         row_events = []
-        post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
-        link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
+        read_files = posts_files + (link_files if config.duplicates else [])
+        # The "read" progress line's total: the files' sizes, when they are plain (gzip counts what it inflates).
+        plain = all(compression_of(item.uri) == "none" for item in read_files)
+        total_bytes = (sum(item.size for item in read_files) or None) if plain else None
+        post_lines = [_read_lines(pbegin, "Posts", posts_files, config, total_bytes)]
+        link_lines = [_read_lines(pbegin, "Links", link_files, config, total_bytes)] if config.duplicates else []
         if posts_archives:
             extracted = _read_archives(pbegin, "Posts", posts_archives, "Posts.xml", config.max_row_bytes,
                                        self.max_extracted_bytes)
@@ -693,17 +716,29 @@ def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, cont
     return ReadStackExchange(plan, source_config, context)
 
 
+# A small real slice of the cardano.stackexchange.com dump (CC BY-SA 4.0; see ATTRIBUTION.md beside it).
+BUNDLED_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", "stackexchange",
+                              "cardano.stackexchange.com")
+
+
 def default_inputs(source_config: StackExchangeSourceConfig, download_config) -> list[str]:
-    """Download each configured site's SITE.7z into the cache (resumed, reused) and return the paths.
+    """Without ``source.sites``: the bundled sample. With it: download each site's SITE.7z into the cache
+    (resumed, reused) and return the paths.
 
     The cache names files by URL hash; a link named SITE.7z beside them keeps the site name (and so the
     provenance and ids) independent of where the cache lives."""
     from sources.download import fetch
 
+    if not source_config.sites:
+        print(f"no --input: building the sample bundled with the project ({BUNDLED_SAMPLE}: 315 posts of "
+              "cardano.stackexchange.com, CC BY-SA 4.0); pass --input DUMP, or --set source.sites=[SITE] to "
+              "download a site's dump", file=sys.stderr)
+        return [BUNDLED_SAMPLE]
     paths = []
     for site in source_config.sites:
         url = source_config.url_template.format(site=site)
-        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s)
+        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s,
+                       progress=not is_quiet())
         named = os.path.join(os.path.expanduser(download_config.cache_dir), "stackexchange", f"{site}.7z")
         os.makedirs(os.path.dirname(named), exist_ok=True)
         if os.path.islink(named) or os.path.exists(named):
