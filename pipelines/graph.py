@@ -15,6 +15,7 @@ import apache_beam as beam
 from pipelines.config import PipelineConfig
 from pipelines.records import SKIPPABLE_STAGES
 from pipelines.release import card, manifest as manifest_lib
+from pipelines.release.location import CONTRASTORS_CONFIG_KEY, contrastors_config_bytes, location_for
 from pipelines.release.stats import ReleaseStats
 from pipelines.release.store import AlreadyExists, open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
@@ -85,10 +86,15 @@ class _Finalize(beam.DoFn):
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
         funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
                                              final_rows)
+        location = location_for(self.output_uri)
         files: list[dict[str, Any]] = []
         draft = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
-                                            files=files)
+                                            files=files, location=location)
+        # contrastors' data config: the trainer reads the release as it is, from where it is published.
+        contrastors_yaml = contrastors_config_bytes(location, draft["datasets"])
+        store.put_bytes(CONTRASTORS_CONFIG_KEY, contrastors_yaml, content_type="application/yaml")
+        files.append(file_entry(CONTRASTORS_CONFIG_KEY, contrastors_yaml))
         report_html = _render_report(draft, samples, stats, self.license_id, self.attribution)
         if report_html is not None:
             report_bytes = report_html.encode("utf-8")
@@ -101,7 +107,7 @@ class _Finalize(beam.DoFn):
         files.append(file_entry("README.md", card_bytes))
         final = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
-                                            files=files)
+                                            files=files, location=location)
         # Objects under data/ and rejects/ that this release does not vouch for are leftovers of an earlier,
         # interrupted or differently configured run: remove them before the commit.
         wanted = manifest_lib.release_keys(final)
@@ -154,7 +160,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     release = plan.config.release
     shard_infos = pairs | "WritePairs" >> WriteShards(plan.output_uri, "data", release.shard_rows,
                                                       release.gzip_level)
-    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level)
+    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level,
+                                                                       location_for(plan.output_uri))
     reject_infos = rejects | "WriteRejects" >> WriteShards(plan.output_uri, "rejects", release.reject_shard_rows,
                                                            release.gzip_level)
     reject_summaries = summarize_rejects(reject_infos)
