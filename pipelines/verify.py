@@ -3,7 +3,10 @@
 RELEASE is a local folder or ``s3://bucket/prefix`` (endpoint and keys from the AWS environment or profile).
 Every object the manifest lists is fetched and compared with the manifest (size, sha256); every shard is
 decompressed and each line checked (ASCII, canonical JSON with sorted keys, the pair or reject schema, its
-dataset); row counts are checked against the manifest and counts.json, line offsets against offsets.json.gz;
+dataset; in a triplet dataset, the manifest's negatives_per_row); row counts are checked against the manifest
+and counts.json, line offsets against offsets.json.gz, both keyed as contrastors looks shards up from the
+manifest's ``location`` (which must be where an S3 release is: a copy elsewhere fails until published there
+with ``pipelines.publish``), and contrastors.yaml against the manifest's datasets;
 objects under data/ or rejects/ that the manifest does not list are reported too (a trainer globbing the
 folder would read them). Each failing object is named once, with the first thing found wrong (and the line).
 

@@ -136,6 +136,9 @@ def test_direct_s3_builds_read_in_contrastors_and_match_a_later_publish(shared_d
         read = read_like_contrastors(store.get_bytes("contrastors.yaml").decode(), s3_opener(s3_env.client()))
         assert read == _built_rows(pairs_release)
         built_there = _objects(store)
+        if prefix:
+            # The rebuild is a local folder: its index files are re-keyed for the manifest's location first.
+            assert verify_main([destination, "--rebuild"]) == 0
         # The same release built locally and published later: the very same objects, byte for byte.
         assert publish_main([str(pairs_release), destination, "--overwrite"]) == 0
         assert _objects(store) == built_there
