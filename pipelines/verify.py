@@ -113,10 +113,26 @@ class _Metadata(_Strict):
     objective: _Objective
 
 
-class _Provenance(_Strict):
+class _Provenance(BaseModel):
+    """One schema in every row of every dataset (what lets `datasets` load all shards in one call): the keys of
+    ``pipelines.records.RELEASE_PROVENANCE_KEYS``, the source-specific rest as a JSON object in ``extra``."""
+    model_config = ConfigDict(extra="forbid")
     record: StrictStr
     input: StrictStr
     license: StrictStr
+    url: StrictStr
+    post_ids: list[StrictStr]
+    extra: StrictStr
+
+    @model_validator(mode="after")
+    def _extra_is_an_object(self):
+        try:
+            extra = json.loads(self.extra)
+        except ValueError:
+            extra = None
+        if not isinstance(extra, dict):
+            raise ValueError("provenance.extra must hold a JSON object")
+        return self
 
 
 class PairLine(_Strict):

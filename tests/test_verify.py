@@ -190,6 +190,11 @@ def test_an_object_the_manifest_does_not_list_is_named(local_release):
     (lambda row: {k: v for k, v in row.items() if k != "scores"}, "line 2: scores: Field required"),
     (lambda row: dict(row, negatives=["ok", 7]), "line 2: negatives.1: Input should be a valid string"),
     (lambda row: dict(row, dataset="other_pairs"), "line 2: dataset 'other_pairs' in the folder of 'beta_pairs'"),
+    # One schema: a source-specific key belongs in provenance.extra.
+    (lambda row: dict(row, provenance={**row["provenance"], "tags": ["a"]}),
+     "line 2: provenance.tags: Extra inputs are not permitted"),
+    (lambda row: dict(row, provenance={**row["provenance"], "extra": "[1]"}),
+     "line 2: provenance: Value error, provenance.extra must hold a JSON object"),
     (lambda row: dict(row, metadata={"objective": {"self": [], "paired": [["query", "document"]]}},
                       negatives=["a hard negative"]),
      "line 2: Value error, a row with negatives must list the triplet"),
