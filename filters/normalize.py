@@ -23,6 +23,7 @@ _CONTROL = re.compile("[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200
 _INLINE_SPACE = re.compile(r"[^\S\n]+")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 _SPACE_AROUND_NEWLINE = re.compile(r" ?\n ?")
+_LEADING_BLANK_LINES = re.compile(r"\A(?:[^\S\n]*\n)+")
 
 
 def normalize_text(text: str, config: NormalizeConfig) -> str:
@@ -35,7 +36,11 @@ def normalize_text(text: str, config: NormalizeConfig) -> str:
         text = _INLINE_SPACE.sub(" ", text)
         text = _SPACE_AROUND_NEWLINE.sub("\n", text)
         text = _MANY_NEWLINES.sub("\n\n", text)
-    return text.strip()
+        return text.strip()
+    # Whitespace is the source's: its reader already spaced the prose and kept code verbatim (StackExchange).
+    # Only blank lines at the start and whitespace at the end go, so a first line of indented code keeps
+    # its indentation.
+    return _LEADING_BLANK_LINES.sub("", text).rstrip()
 
 
 def truncate_words(text: str, max_chars: int, max_words: int) -> str:

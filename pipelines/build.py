@@ -130,6 +130,8 @@ def plan_build(args: argparse.Namespace):
     try:
         inputs_given = args.input or source.default_inputs(source_config, config.download)
         inputs = expand_inputs(inputs_given)
+        if source.select_inputs is not None:
+            inputs = source.select_inputs(inputs, source_config)  # files it does not read are not hashed
         store = open_store(output_uri)
         if store.exists(MANIFEST_KEY):
             if not args.overwrite:

@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from pipelines.config import PipelineConfig
 from pipelines.records import SKIPPABLE_STAGES
-from pipelines.release import card, manifest as manifest_lib
+from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
 from pipelines.release.location import CONTRASTORS_CONFIG_KEY, contrastors_config_bytes, location_for
 from pipelines.release.stats import ReleaseStats
 from pipelines.release.store import AlreadyExists, open_store
@@ -81,14 +81,16 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples, stats):
+                samples, stats, input_rows=()):
         store = open_store(self.output_uri)
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
         funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
                                              final_rows)
+        # What became of every input row (sources that account for them): inputs[i].rows_by_outcome.
+        static, funnel = input_rows_lib.apply_input_rows(self.static, funnel, list(input_rows))
         location = location_for(self.output_uri)
         files: list[dict[str, Any]] = []
-        draft = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
+        draft = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
                                             files=files, location=location)
         # contrastors' data config: the trainer reads the release as it is, from where it is published.
@@ -105,7 +107,7 @@ class _Finalize(beam.DoFn):
                                       ).encode("utf-8")
         store.put_bytes("README.md", card_bytes, content_type="text/markdown; charset=utf-8")
         files.append(file_entry("README.md", card_bytes))
-        final = manifest_lib.build_manifest(static=self.static, funnel=funnel, dataset_summaries=dataset_summaries,
+        final = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
                                             files=files, location=location)
         # Objects under data/ and rejects/ that this release does not vouch for are leftovers of an earlier,
@@ -146,6 +148,10 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     read = pipeline | "Read" >> plan.source.read(plan.inputs, plan.source_config, context)
     pairs = read["pairs"]
     reject_parts = [read["rejects"]]
+    # Rows that could not be read are rejects on disk but not pair candidates: the funnel leaves them out and
+    # the input-row accounting counts them.
+    row_rejects = read.get("row_rejects")
+    input_rows = read.get("input_rows") or (pipeline | "NoInputRows" >> beam.Create([]))
     report_parts = []
     read_counts = _count_by(pairs, "ReadCount", lambda pair: pair["dataset"])
 
@@ -156,7 +162,9 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
         if "report" in result:
             report_parts.append(result["report"])
 
-    rejects = reject_parts | "AllRejects" >> beam.Flatten()
+    candidate_rejects = reject_parts | "AllRejects" >> beam.Flatten()
+    rejects = (([candidate_rejects, row_rejects] | "WithRowRejects" >> beam.Flatten()) if row_rejects is not None
+               else candidate_rejects)
     release = plan.config.release
     shard_infos = pairs | "WritePairs" >> WriteShards(plan.output_uri, "data", release.shard_rows,
                                                       release.gzip_level)
@@ -165,7 +173,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     reject_infos = rejects | "WriteRejects" >> WriteShards(plan.output_uri, "rejects", release.reject_shard_rows,
                                                            release.gzip_level)
     reject_summaries = summarize_rejects(reject_infos)
-    reject_counts = (_count_by(rejects, "RejectCount", lambda r: (r["dataset"], r["stage"], r["reason"]))
+    reject_counts = (_count_by(candidate_rejects, "RejectCount", lambda r: (r["dataset"], r["stage"], r["reason"]))
                      | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
     stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()
     samples = _samples(pairs, rejects)
@@ -184,7 +192,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 reject_summaries=beam.pvalue.AsList(reject_summaries),
                 stage_reports=beam.pvalue.AsList(stage_reports),
                 samples=beam.pvalue.AsList(samples),
-                stats=beam.pvalue.AsList(stats)))
+                stats=beam.pvalue.AsList(stats),
+                input_rows=beam.pvalue.AsList(input_rows)))
 
 
 SAMPLES_PER_GROUP = 5

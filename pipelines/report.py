@@ -412,6 +412,28 @@ def _funnel_section(manifest: dict[str, Any]) -> str:
     parts.append("<h3>All datasets</h3>" + _table(headers, rows_of(funnel.get("total", [])), {1, 2, 3}))
     for name, rows in sorted((funnel.get("per_dataset") or {}).items()):
         parts.append(f"<h3>{esc(name)}</h3>" + _table(headers, rows_of(rows), {1, 2, 3}))
+    input_rows = _input_rows_part(manifest)
+    if input_rows:
+        parts.append(input_rows)
+    return "\n".join(parts)
+
+
+def _input_rows_part(manifest: dict[str, Any]) -> str:
+    """Input rows by outcome (sources that account for every row), and how they relate to the candidates."""
+    accounted = (manifest.get("funnel") or {}).get("input_rows")
+    if not accounted:
+        return ""
+    parts = ["<h3>Input rows</h3>"]
+    if accounted.get("note"):
+        parts.append(f'<p class="note">{esc(accounted["note"])}</p>')
+    meanings = accounted.get("outcomes") or {}
+    rows = []
+    for item in manifest.get("inputs") or []:
+        for outcome, count in (item.get("rows_by_outcome") or {}).items():
+            rows.append([item.get("name", ""), outcome, count, meanings.get(outcome, "")])
+    parts.append(_table(["input", "outcome", "rows", "meaning"], rows, {2}))
+    for line in accounted.get("warnings") or []:
+        parts.append(f'<p class="note">Warning: {esc(line)}</p>')
     return "\n".join(parts)
 
 

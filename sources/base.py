@@ -62,6 +62,9 @@ class Source:
     # that the content's licence requires.
     license_id: str = "other"
     attribution: str = ""
+    # (inputs, source_config) -> the inputs this source reads; only these are hashed into the manifest.
+    # None: every input is read.
+    select_inputs: Callable[..., list[Any]] | None = None
 
 
 def _filesystems():
@@ -85,6 +88,12 @@ def expand_inputs(uris: list[str]) -> list[InputFile]:
         uri = raw[len("file://"):] if raw.startswith("file://") else raw
         if not _is_remote(uri):
             uri = os.path.expanduser(uri)
+            folders = _matching_folders(uri)
+            if folders:
+                # A glob of dump folders ('dumps/*.stackexchange.com'): each folder is read as if named alone.
+                for folder in folders:
+                    files.update((item.uri, item) for item in expand_inputs([folder]))
+                continue
             if os.path.isdir(uri):
                 root = os.path.abspath(uri)
                 base = os.path.dirname(root.rstrip(os.sep))
@@ -118,6 +127,16 @@ def expand_inputs(uris: list[str]) -> list[InputFile]:
                 path = os.path.abspath(path)
             files[path] = InputFile(path, os.path.basename(path), metadata.size_in_bytes)
     return [files[key] for key in sorted(files)]
+
+
+def _matching_folders(pattern: str) -> list[str]:
+    """The folders a local glob matches, when it matches only folders (a glob of files is left to Beam)."""
+    if not any(ch in pattern for ch in "*?["):
+        return []
+    import glob
+
+    matches = sorted(glob.glob(pattern))
+    return matches if matches and all(os.path.isdir(match) for match in matches) else []
 
 
 def sha256_uri(uri: str, chunk_size: int = 1 << 20) -> str:

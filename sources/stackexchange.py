@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Iterable, Iterator
 from xml.etree.ElementTree import ParseError
@@ -24,15 +25,17 @@ from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
 from pipelines.records import make_input_reject, new_pair
-from sources.base import InputError, InputFile, RunContext, Source, SourceSection, decode_text
+from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
-from sources.text import html_to_text, parse_tags
+from sources import stackexchange_rows as row_outcomes
+from sources.stackexchange_layout import LINKS, POSTS as POSTS_TABLE, DumpFile, missing_links_warnings, plan_dump
+from sources.text import html_to_text, parse_tags, plain_text
 
 SOURCE_NAME = "stackexchange"
 TITLE_BODY = "stackexchange_title_body"
 QUESTION_ANSWER = "stackexchange_question_answer"
 DUPLICATES = "stackexchange_duplicates"
-POSTS = "stackexchange_posts"  # rejects of rows that never reached a pair kind (malformed, other post types)
+POSTS = "stackexchange_posts"  # rejects of dump rows that could not be read (malformed, unreadable archives)
 
 QUESTION, ANSWER = "1", "2"
 DUPLICATE_LINK = "3"
@@ -55,6 +58,9 @@ class StackExchangeSourceConfig(SourceSection):
     # Plain Posts.xml files larger than this are read as byte ranges in parallel (rows never straddle: a row
     # belongs to the range holding its first byte).
     split_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # The site of every input when its folder or archive is not named after one (a dump unpacked into
+    # "data/"): it names provenance and the CC BY-SA links (https://SITE/q/ID). null: from the names.
+    site: str | None = None
     # Sites to download when --input is absent, and where from ({site} is replaced).
     sites: list[str] = Field(default_factory=lambda: ["cardano.stackexchange.com"])
     url_template: str = "https://archive.org/download/stackexchange/{site}.7z"
@@ -126,7 +132,7 @@ def post_from_row(attributes: dict[str, str], site: str, input_name: str) -> dic
         "parent_id": attributes.get("ParentId"),
         "accepted_answer_id": attributes.get("AcceptedAnswerId"),
         "score": _to_int(attributes.get("Score")),
-        "title": html_to_text(attributes.get("Title", "")),
+        "title": plain_text(attributes.get("Title", "")),
         "body": html_to_text(attributes.get("Body", "")),
         "tags": parse_tags(attributes.get("Tags")),
         "license": license_for(attributes.get("ContentLicense"), attributes.get("CreationDate")),
@@ -249,9 +255,11 @@ def _question_reject(dataset, provenance, reason, detail, question, keep_texts):
 class _ParsePostsLine(beam.DoFn):
     """(file name, raw line bytes) -> posts on the main output, rejects on "rejects"."""
 
-    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str):
+    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str,
+                 sites: dict[str, str] | None = None):
         self.max_row_bytes = max_row_bytes
         self.names = names  # full uri -> release-stable name
+        self.sites = sites or {}  # release-stable name -> site, decided before the run (stackexchange_layout)
         self.line_kind = line_kind  # "posts" or "links"
         self.rows = Metrics.counter("read", f"stackexchange_{line_kind}_rows")
         self.bad_rows = Metrics.counter("read", f"stackexchange_{line_kind}_rejected_rows")
@@ -259,7 +267,7 @@ class _ParsePostsLine(beam.DoFn):
     def process(self, element):
         uri, raw, problem = element
         name = self.names.get(uri) or self.names.get(os.path.abspath(uri)) or os.path.basename(uri)
-        site = site_of(name)
+        site = self.sites.get(name) or site_of(name)
         provenance = {"record": f"{site}/{name.rsplit('/', 1)[-1]}", "input": name, "site": site}
         if problem is not None:
             # An over-long row (kept only as a prefix) or a truncated/corrupt compressed stream.
@@ -428,58 +436,82 @@ def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row
 
 
 class ReadStackExchange(beam.PTransform):
-    def __init__(self, inputs: list[InputFile], config: StackExchangeSourceConfig, context: RunContext):
+    """Planned dump files -> {"pairs", "rejects" (of pair candidates), "row_rejects" (rows that could not be
+    read), "input_rows" (one dict: what became of every row of every file read, see stackexchange_rows)}."""
+
+    def __init__(self, plan: list[DumpFile], config: StackExchangeSourceConfig, context: RunContext):
         super().__init__()
-        self.inputs = inputs
+        self.plan = plan
+        self.inputs = [dump.file for dump in plan]
         self.config = config
         self.keep_texts = context.reject_texts
 
     def expand(self, pbegin):
         config = self.config
-        names = {item.uri: item.name for item in self.inputs}
-        posts_files = [i for i in self.inputs if i.name.rsplit("/", 1)[-1] in ("Posts.xml", "Posts.xml.gz")]
-        link_files = [i for i in self.inputs if i.name.rsplit("/", 1)[-1] in ("PostLinks.xml", "PostLinks.xml.gz")]
-        archives = [i.uri for i in self.inputs if i.name.endswith(".7z")]
-        for archive in archives:
-            stem = archive.rsplit("/", 1)[-1]
-            names[f"{archive}!Posts.xml"] = f"{stem}/Posts.xml"
-            names[f"{archive}!PostLinks.xml"] = f"{stem}/PostLinks.xml"
+        names = {dump.file.uri: dump.file.name for dump in self.plan}
+        sites = {dump.file.name: dump.site for dump in self.plan}
+        # Provenance name of each table read -> where it comes from, for the row accounting.
+        files: dict[str, dict[str, str]] = {}
+        archive_names: dict[str, str] = {}
+        posts_files = [dump.file for dump in self.plan if not dump.archive and POSTS_TABLE in dump.tables]
+        link_files = [dump.file for dump in self.plan if not dump.archive and LINKS in dump.tables]
+        for dump in self.plan:
+            if not dump.archive:
+                files[dump.file.name] = {"input": dump.file.name, "member": "", "site": dump.site,
+                                         "table": dump.tables[0]}
+                continue
+            stem = dump.file.uri.rsplit("/", 1)[-1]
+            archive_names[stem] = dump.file.name
+            for table in dump.tables:
+                names[f"{dump.file.uri}!{table}"] = f"{stem}/{table}"
+                sites[f"{stem}/{table}"] = dump.site
+                files[f"{stem}/{table}"] = {"input": dump.file.name, "member": table, "site": dump.site,
+                                            "table": table}
+        posts_archives = [dump.file.uri for dump in self.plan if dump.archive and POSTS_TABLE in dump.tables]
+        links_archives = [dump.file.uri for dump in self.plan if dump.archive and LINKS in dump.tables]
+        if config.duplicates:
+            for line in missing_links_warnings(self.plan):
+                print(f"warning: {line}", file=sys.stderr)
 
+        row_reject_parts = []
         reject_parts = []
+        row_events = []
         post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
         link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
-        if archives:
-            extracted = _read_archives(pbegin, "Posts", archives, "Posts.xml", config.max_row_bytes)
+        if posts_archives:
+            extracted = _read_archives(pbegin, "Posts", posts_archives, "Posts.xml", config.max_row_bytes)
             # One worker unpacks an archive; spread its lines so parsing and joins run on all workers.
             post_lines.append(extracted.lines | "PostsArchiveSpread" >> beam.Reshuffle())
-            reject_parts.append(extracted.rejects)
-            if config.duplicates:
-                extracted_links = _read_archives(pbegin, "Links", archives, "PostLinks.xml", config.max_row_bytes)
-                link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
-                reject_parts.append(extracted_links.rejects)
+            row_reject_parts.append(extracted.rejects)
+        if config.duplicates and links_archives:
+            extracted_links = _read_archives(pbegin, "Links", links_archives, "PostLinks.xml", config.max_row_bytes)
+            link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
+            row_reject_parts.append(extracted_links.rejects)
 
         parsed = (post_lines | "PostLines" >> beam.Flatten()
-                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts"))
+                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts", sites))
                   .with_outputs("rejects", main="posts"))
-        reject_parts.append(parsed.rejects)
+        row_reject_parts.append(parsed.rejects)
         posts = parsed.posts
 
         keep_texts = self.keep_texts
+        question_outcome = (row_outcomes.QUESTION_USED if config.title_body or config.question_answer
+                            else row_outcomes.QUESTION_KINDS_OFF)
 
         def split_by_type(post):
             if post["type"] == QUESTION:
                 yield beam.pvalue.TaggedOutput("questions", post)
+                yield beam.pvalue.TaggedOutput("rows", (post["input"], question_outcome))
             elif post["type"] == ANSWER:
                 yield beam.pvalue.TaggedOutput("answers", post)
+                if not config.question_answer:
+                    yield beam.pvalue.TaggedOutput("rows", (post["input"], row_outcomes.ANSWER_KIND_OFF))
             else:
-                yield beam.pvalue.TaggedOutput("other", make_input_reject(
-                    dataset=POSTS, source=SOURCE_NAME,
-                    provenance={"record": post_ref(post), "input": post["input"], "site": post["site"],
-                                "license": post["license"]},
-                    reason="post_type_skipped", detail={"post_type": post["type"]}))
+                # Not a pair candidate of any kind: accounted for as a row, not rejected as a pair.
+                yield beam.pvalue.TaggedOutput("rows", (post["input"], row_outcomes.OTHER_POST_TYPE))
 
-        typed = posts | "SplitByType" >> beam.FlatMap(split_by_type).with_outputs("questions", "answers", "other")
-        reject_parts.append(typed.other)
+        typed = posts | "SplitByType" >> beam.FlatMap(split_by_type).with_outputs("questions", "answers", "rows")
+        row_events.append(typed.rows)
         questions = typed.questions
         pair_parts = []
 
@@ -493,19 +525,30 @@ class ReadStackExchange(beam.PTransform):
 
             def join_answers(element):
                 _, grouped = element
+                answers = list(grouped["answers"])
+                chosen: set[str] = set()
                 for question in grouped["question"]:
-                    yield question_answer_outcome(question, list(grouped["answers"]), config, keep_texts)
+                    outcome = question_answer_outcome(question, answers, config, keep_texts)
+                    if outcome.get("stage") != "read":
+                        chosen.add(outcome["provenance"]["post_ids"][1])
+                    yield outcome
+                for event in row_outcomes.answer_outcomes(answers, chosen, bool(grouped["question"])):
+                    yield beam.pvalue.TaggedOutput("rows", event)
 
-            pair_parts.append(
-                {"question": questions_by_key, "answers": answers_by_parent}
-                | "JoinAnswers" >> beam.CoGroupByKey()
-                | "QuestionAnswer" >> beam.FlatMap(join_answers))
+            joined = ({"question": questions_by_key, "answers": answers_by_parent}
+                      | "JoinAnswers" >> beam.CoGroupByKey()
+                      | "QuestionAnswer" >> beam.FlatMap(join_answers).with_outputs("rows", main="outcomes"))
+            pair_parts.append(joined.outcomes)
+            row_events.append(joined.rows)
 
         if config.duplicates:
             links = (link_lines | "LinkLines" >> beam.Flatten()
-                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links"))
+                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links", sites))
                      .with_outputs("rejects", main="links"))
-            reject_parts.append(links.rejects)
+            row_reject_parts.append(links.rejects)
+            row_events.append(links.links | "LinkRows" >> beam.Map(
+                lambda l: (l["input"], row_outcomes.LINK_USED if l["link_type"] == DUPLICATE_LINK
+                           else row_outcomes.LINK_OTHER)))
             duplicate_links = links.links | "DuplicateLinks" >> beam.Filter(lambda l: l["link_type"] == DUPLICATE_LINK)
             posts_by_key = posts | "KeyPosts" >> beam.Map(lambda p: ((p["site"], p["id"]), p))
 
@@ -542,16 +585,30 @@ class ReadStackExchange(beam.PTransform):
         split = outcomes | "SplitOutcomes" >> beam.FlatMap(split_outcomes).with_outputs("rejects", main="pairs")
         reject_parts.append(split.rejects)
         rejects = reject_parts | "ReadRejects" >> beam.Flatten()
-        return {"pairs": split.pairs, "rejects": rejects}
+        row_rejects = row_reject_parts | "RowRejects" >> beam.Flatten()
+        # A row that could not be read is one row with outcome "malformed:<reason>".
+        row_events.append(row_rejects | "RejectedRows" >> beam.Map(
+            lambda r: (r["provenance"].get("input", ""), row_outcomes.MALFORMED + r["reason"])))
+        read_links = config.duplicates
+        input_rows = (row_events
+                      | "RowEvents" >> beam.Flatten()
+                      | "CountRows" >> beam.combiners.Count.PerElement()
+                      | "RowCounts" >> beam.MapTuple(lambda event, n: (event[0], event[1], n))
+                      | "AllRowCounts" >> beam.combiners.ToList()
+                      | "SummarizeRows" >> beam.Map(
+                          lambda counts: row_outcomes.summarize(sorted(counts), files, archive_names, read_links)))
+        return {"pairs": split.pairs, "rejects": rejects, "row_rejects": row_rejects, "input_rows": input_rows}
+
+
+def select_inputs(inputs: list[InputFile], source_config: StackExchangeSourceConfig) -> list[InputFile]:
+    """The inputs this build reads (and so hashes): Posts and PostLinks tables and site archives, each of a
+    known site. Users.xml, Votes.xml, SITE-Users.7z ... in the same folder are neither read nor hashed."""
+    return [dump.file for dump in plan_dump(inputs, source_config.site, source_config.duplicates)]
 
 
 def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, context: RunContext):
-    dump_files = ("Posts.xml", "PostLinks.xml", "Posts.xml.gz", "PostLinks.xml.gz")
-    usable = [i for i in inputs if i.name.rsplit("/", 1)[-1] in dump_files or i.name.endswith(".7z")]
-    if not any(i.name.rsplit("/", 1)[-1].startswith("Posts.xml") or i.name.endswith(".7z") for i in usable):
-        raise InputError("no Posts.xml or site .7z archive among the inputs: pass a site dump folder, "
-                         "its .7z, or a glob of them")
-    return ReadStackExchange(usable, source_config, context)
+    return ReadStackExchange(plan_dump(inputs, source_config.site, source_config.duplicates), source_config,
+                             context)
 
 
 def default_inputs(source_config: StackExchangeSourceConfig, download_config) -> list[str]:
@@ -575,13 +632,16 @@ def default_inputs(source_config: StackExchangeSourceConfig, download_config) ->
 
 
 SOURCE = Source(name=SOURCE_NAME, config_model=StackExchangeSourceConfig, read=read,
-                default_inputs=default_inputs,
+                default_inputs=default_inputs, select_inputs=select_inputs,
                 description="StackExchange site dumps (Posts.xml + PostLinks.xml, or SITE.7z)",
                 license_id="cc-by-sa-4.0",
                 attribution=(
                     "Content from Stack Exchange sites (https://stackexchange.com), contributed by their users "
                     "and licensed under CC BY-SA (2.5, 3.0 or 4.0; the version of every pair is in "
                     "`provenance.license`). Each pair links its posts in `provenance.url` / `answer_url`, and "
-                    "the authors are credited there. Modified: HTML converted to plain text, whitespace "
-                    "normalized, pairs filtered. This release is shared under the same licence "
+                    "the authors are credited there. Modified: HTML converted to plain text that keeps what a "
+                    "reader sees (code blocks with their line breaks and indentation, inline code, lists as "
+                    "\"1. item\" / \"- item\", link text, image alt text but not the stock \"enter image "
+                    "description here\", block quotes as \"> \" lines, table rows with cells joined by "
+                    "\" | \"; titles as written), Unicode normalized (NFKC), pairs filtered. This release is shared under the same licence "
                     "(CC BY-SA 4.0)."))

@@ -309,7 +309,7 @@ def test_command_line_on_a_built_release(built):
     assert len(shards) > 1
     last_shard = shards[-1]["key"]
     pair = read_jsonl_gz(built / last_shard)[-1]
-    reject = next(row for row in read_jsonl_gz(built / manifest["rejects"]["stackexchange_posts"]["shards"][-1]["key"]))
+    reject = next(row for row in read_jsonl_gz(built / manifest["rejects"]["stackexchange_question_answer"]["shards"][-1]["key"]))
 
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "pipelines.explain", str(built), *args], cwd=REPO_ROOT,

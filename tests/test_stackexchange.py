@@ -127,6 +127,33 @@ def test_cardano_release_accounts_for_every_question(cardano_release):
     assert 400 <= len(accepted) <= 459
 
 
+def test_cardano_release_text_and_rows_as_the_dump_has_them(cardano_release, shared_data):
+    title_body = {row["provenance"]["post_ids"][0]: row for row in release_rows(cardano_release,
+                                                                               "stackexchange_title_body")}
+    # a title with angle brackets, not parsed as HTML
+    assert title_body["3734"]["query"] == "cardano-cli: Network.Socket.connect: <socket: 11>: does not exist"
+    answers = {row["provenance"]["post_ids"][1]: row for row in release_rows(cardano_release,
+                                                                            "stackexchange_question_answer")}
+    # the indented code of answer 4742 survives normalize, exact dedup and MinHash
+    assert answers["4742"]["document"].endswith("const API = new BlockFrostAPI({\n"
+                                                "  projectId: 'YOURAPIKEYFORTESTNET',\n  isTestnet: true\n});")
+    assert not any("enter image description here" in row["query"] + row["document"]
+                   for dataset in ("stackexchange_title_body", "stackexchange_question_answer")
+                   for row in release_rows(cardano_release, dataset))
+    # every Posts.xml / PostLinks.xml row is accounted for, and the card explains rows vs candidates
+    manifest = json.loads((cardano_release / "manifest.json").read_text())
+    for item in manifest["inputs"]:
+        dump = (shared_data / "stackexchange" / item["name"]).read_text(encoding="utf-8-sig")
+        assert item["rows"] == sum(1 for line in dump.splitlines() if line.strip().startswith("<row"))
+        assert sum(item["rows_by_outcome"].values()) == item["rows"]
+    posts = next(item for item in manifest["inputs"] if item["name"].endswith("/Posts.xml"))
+    assert posts["rows_by_outcome"]["question_used"] == 1042
+    assert posts["rows_by_outcome"]["answer_used_as_document"] == len(answers)
+    assert manifest["funnel"]["input_rows"]["rows"] == 2630 + 104
+    card = (cardano_release / "README.md").read_text()
+    assert "## Input rows" in card and "candidates, not rows" in card and "stackexchange_posts" not in card
+
+
 def test_duplicate_links_to_missing_posts_are_rejects(cardano_release):
     kept = release_rows(cardano_release, "stackexchange_duplicates")
     rejected = release_rejects(cardano_release, "stackexchange_duplicates")

@@ -6,6 +6,8 @@ from typing import Any
 
 import yaml
 
+from pipelines.release import input_rows
+
 
 def _size_category(rows: int) -> str:
     for bound, label in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
@@ -90,6 +92,7 @@ def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, 
     for row in manifest["funnel"]["total"]:
         reasons = ", ".join(f"{reason}: {count:,}" for reason, count in row["dropped"].items()) or "-"
         lines.append(f"| {row['stage']} | {row['in']:,} | {row['out']:,} | {reasons} |")
+    lines += input_rows.card_lines(manifest)
     skipped = manifest.get("skipped_stages") or []
     if skipped:
         lines += ["", f"Stages skipped in this build: {', '.join(skipped)}."]

@@ -113,4 +113,7 @@ def format_funnel(funnel: dict[str, Any]) -> str:
     table("all datasets", funnel["total"])
     for dataset, rows in funnel["per_dataset"].items():
         table(dataset, rows)
+    from pipelines.release.input_rows import funnel_lines
+
+    lines += funnel_lines(funnel)
     return "\n".join(lines)
