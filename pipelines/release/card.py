@@ -71,8 +71,8 @@ def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, 
     triplets = {name: summary["negatives_per_row"] for name, summary in sorted(datasets.items())
                 if summary.get("negatives_per_row")}
     if triplets:
-        listed = ", ".join(f"`{name}` ({count})" for name, count in triplets.items())
-        lines += ["", f"Triplet datasets: {listed} negatives on every row. A pair for which fewer hard negatives "
+        listed = ", ".join(f"`{name}` ({count} negatives on every row)" for name, count in triplets.items())
+        lines += ["", f"Triplet datasets: {listed}. A pair for which fewer hard negatives "
                   "were found is not published here: it is in `rejects/` with reason `too_few_negatives` (so a "
                   "trainer's batch never pairs a query with the wrong documents)."]
     lines += ["", "Every row has the same columns and types in every dataset (`provenance` holds `record`, "
