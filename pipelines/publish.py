@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import UsageError
+from pipelines.release import ownership
 from pipelines.release.location import LocationError, location_for
 from pipelines.release.manifest import MANIFEST_KEY, release_keys
 from pipelines.release.relocate import relocate
@@ -47,6 +48,9 @@ def publish(source_uri: str, destination_uri: str, *, overwrite: bool = False, l
         if not source.exists(MANIFEST_KEY):
             raise UsageError(f"{source.uri_for(MANIFEST_KEY)} does not exist: not a complete release")
         manifest = json.loads(source.get_bytes(MANIFEST_KEY))
+        # What the project wrote there before (a replaced release's manifest, run records): the only objects
+        # a clean-up may remove.
+        owned = ownership.owned_keys(destination)
         if destination.exists(MANIFEST_KEY):
             if not overwrite:
                 raise UsageError(f"a complete release already exists at {destination.uri_for(MANIFEST_KEY)}; "
@@ -65,12 +69,17 @@ def publish(source_uri: str, destination_uri: str, *, overwrite: bool = False, l
                     destination.put_file(entry["key"], path, sha256=entry["sha256"])
             for key, path in sorted(rewritten.items()):
                 destination.put_file(key, path)
-            # Leftovers of an earlier publish under data/ and rejects/ would be read by a trainer's glob.
+            # Leftovers under data/ and rejects/ would be read by a trainer's glob: the project's own are
+            # removed; anything else is left alone and the release is not committed.
             wanted = release_keys(relocated)
-            for prefix in ("data/", "rejects/"):
-                for key in destination.list_keys(prefix):
-                    if key not in wanted:
-                        destination.delete(key)
+            present = ownership.row_keys(destination)
+            foreign = present - wanted - owned
+            if foreign:
+                raise UsageError(f"{len(foreign)} object(s) not written by this project are under data/ or "
+                                 f"rejects/ of {destination.uri} ({ownership.sample_keys(foreign)}); left alone, "
+                                 "release not committed")
+            for key in sorted((present - wanted) & owned):
+                destination.delete(key)
             destination.put_bytes(MANIFEST_KEY, json_bytes(relocated), content_type=JSON,
                                   if_none_match=not overwrite)
     except AlreadyExists:
