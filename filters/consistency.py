@@ -301,15 +301,12 @@ def apply_decision(pair: dict[str, Any], decision: dict[str, Any] | None, negati
                 negative_scores.append(score)
         for rule, count in decision["skipped_by_rule"].items():
             summary[f"skipped:{rule}"] += count
-        short, dropped = shortage(len(negative_list), negatives)
+        short = shortage(len(negative_list), negatives)
         summary[f"negatives_count:{len(negative_list)}"] += 1
         summary["short"] += int(short)
-        if len(negative_list) < negatives.min_negatives:
-            summary["below_minimum"] += 1
-        if dropped:
+        if short:
             summary[f"dropped:{NEGATIVES_STAGE}:too_few_negatives"] += 1
-            detail = {"found": len(negative_list), "min_negatives": negatives.min_negatives,
-                      "num_negatives": negatives.num_negatives, "eligible": decision["eligible"],
+            detail = {"found": len(negative_list), "num_negatives": negatives.num_negatives, "eligible": decision["eligible"],
                       "positive": positive, "rank": rank, "skipped_by_rule": decision["skipped_by_rule"],
                       "block": decision["block"]}
             return None, make_reject(pair, stage=NEGATIVES_STAGE, reason="too_few_negatives", detail=detail,
@@ -393,7 +390,6 @@ def build_report(totals: dict[str, int], blocks: list[dict[str, Any]], unique_te
             "pairs_with_negatives": totals.get("pairs_with_negatives", 0),
             "negatives_mined": totals.get("negatives_mined", 0),
             "short": totals.get("short", 0),
-            "below_minimum": totals.get("below_minimum", 0),
             "dropped": totals.get(f"dropped:{NEGATIVES_STAGE}:too_few_negatives", 0),
             "per_pair_histogram": dict(sorted(prefixed("negatives_count:").items(), key=lambda kv: int(kv[0]))),
             "skipped_by_rule": prefixed("skipped:"),

@@ -154,9 +154,9 @@ class NegativesConfig(Section):
     max_score: float | None = None
     min_score: float | None = None
     sampling: Literal["top", "random"] = "top"
-    # A pair with fewer than min_negatives negatives is kept with what it has, or dropped.
-    min_negatives: int = Field(1, ge=0)
-    on_shortage: Literal["keep", "drop"] = "keep"
+    # A pair with fewer than num_negatives negatives is always rejected ("too_few_negatives"), so that every
+    # row of a triplet dataset brings the same number of documents (contrastors' loss assumes it). The former
+    # min_negatives / on_shortage keys are gone: lower num_negatives, or --skip negatives for pairs only.
 
     @model_validator(mode="after")
     def _range(self):

@@ -220,6 +220,19 @@ def locate(release: Release, record_id: str, hops: int = _FOLLOW_HOPS) -> dict[s
     return result
 
 
+def _expand_extra(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A published row keeps source-specific provenance in ``extra`` (a JSON object as a string, so every row
+    has one schema): shown as keys of their own."""
+    extra = provenance.get("extra")
+    try:
+        parsed = json.loads(extra) if isinstance(extra, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return provenance
+    return {**{key: value for key, value in provenance.items() if key != "extra"}, **parsed}
+
+
 def _stage_decisions(manifest: dict[str, Any], status: str, record: dict[str, Any], absorbed: list[Located] | None
                      ) -> list[dict[str, Any]]:
     skipped = set(manifest.get("skipped_stages") or [])
@@ -378,6 +391,7 @@ def format_lineage(lineage: Lineage, full: bool = False) -> str:
         lines.append(f"  raw input  {clean(record.get('raw'), limit)}")
     lines.append("provenance")
     provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    provenance = _expand_extra(provenance)
     for key in ["input", "record", "license", "url"] + sorted(set(provenance) - {"input", "record", "license", "url"}):
         if key in provenance:
             lines.append(f"  {key:<10} {clean(provenance[key], limit)}")

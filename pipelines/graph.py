@@ -16,6 +16,7 @@ from pipelines.config import PipelineConfig
 from pipelines.progress import CountProgress
 from pipelines.records import SKIPPABLE_STAGES
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
+from pipelines.release.location import CONTRASTORS_CONFIG_KEY, contrastors_config_bytes, location_for
 from pipelines.release.stats import ReleaseStats
 from pipelines.release import ownership
 from pipelines.release.store import AlreadyExists, StoreError, open_store
@@ -100,10 +101,15 @@ class _Finalize(beam.DoFn):
         warnings = empty_input_warnings(input_outcomes)
         if warnings:
             funnel["warnings"] = warnings
+        location = location_for(self.output_uri)
         files: list[dict[str, Any]] = []
         draft = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
-                                            files=files)
+                                            files=files, location=location)
+        # contrastors' data config: the trainer reads the release as it is, from where it is published.
+        contrastors_yaml = contrastors_config_bytes(location, draft["datasets"])
+        store.put_bytes(CONTRASTORS_CONFIG_KEY, contrastors_yaml, content_type="application/yaml")
+        files.append(file_entry(CONTRASTORS_CONFIG_KEY, contrastors_yaml))
         report_html = _render_report(draft, samples, stats, self.license_id, self.attribution)
         if report_html is not None:
             report_bytes = report_html.encode("utf-8")
@@ -116,7 +122,7 @@ class _Finalize(beam.DoFn):
         files.append(file_entry("README.md", card_bytes))
         final = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
-                                            files=files)
+                                            files=files, location=location)
         # Leftovers of an earlier, interrupted or differently configured run of this project are removed before
         # the commit; objects the project did not write are never touched, and a release they would sit in
         # (where readers and verify look) is not committed.
@@ -231,7 +237,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     release = plan.config.release
     shard_infos = pairs | "WritePairs" >> WriteShards(plan.output_uri, "data", release.shard_rows,
                                                       release.gzip_level)
-    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level)
+    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level,
+                                                                       location_for(plan.output_uri))
     reject_infos = rejects | "WriteRejects" >> WriteShards(plan.output_uri, "rejects", release.reject_shard_rows,
                                                            release.gzip_level)
     reject_summaries = summarize_rejects(reject_infos)

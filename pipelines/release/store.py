@@ -39,6 +39,7 @@ _CONTENT_TYPES = (
     (".jsonl", "application/jsonl"),
     (".json", "application/json"),
     (".md", "text/markdown; charset=utf-8"),
+    (".yaml", "application/yaml"),
     (".html", "text/html; charset=utf-8"),
 )
 
