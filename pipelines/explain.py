@@ -10,7 +10,7 @@ id opens one data shard and one rejects shard per dataset, not the whole release
 duplicates needs every rejects shard; it is read (and says so) unless ``--no-absorbed`` is given.
 
 Exit status: 0 when the id is found, 1 when it is in neither the shards nor the rejects (one line), 2 when
-the release cannot be read (one line).
+the id is malformed or the release cannot be read (one line).
 """
 
 from __future__ import annotations
@@ -463,7 +463,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.explain",
         description="Show the lineage of one pair of a release, kept or rejected: its input record and licence, "
                     "each stage's decision with its numbers, scores and negatives, the duplicates it absorbed.",
-        epilog="exit status: 0 found, 1 not in the release, 2 release unreadable. S3 releases take their endpoint "
+        epilog="exit status: 0 found, 1 not in the release, 2 malformed id or release unreadable. S3 releases take their endpoint "
                "and keys from the standard AWS environment variables or profile.")
     parser.add_argument("release", metavar="RELEASE", help="a release folder or s3://bucket/prefix")
     parser.add_argument("id", metavar="ID", help="the pair (or reject) id, 32 hex characters")
@@ -479,7 +479,8 @@ def _explain_command(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     record_id = normalise_id(args.id)
     if record_id is None:
-        raise NotFound(f"{clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)")
+        # A malformed id is a usage error (2), like a bad release path; 1 means a well-formed id is not there.
+        raise UsageError(f"{clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)")
     try:
         store = open_store(args.release)
     except (StoreError, ValueError, ImportError) as exc:  # an unsupported URI, a bad bucket name

@@ -14,6 +14,7 @@ import apache_beam as beam
 
 from filters.registry import stage_names, stages
 from pipelines.config import PipelineConfig
+from pipelines.progress import CountProgress
 from pipelines.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
 from pipelines.release.stats import ReleaseStats
@@ -143,6 +144,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     read_counts = _count_by(pairs, "ReadCount", lambda pair: pair["dataset"])
 
     for label, transform in stage_transforms(plan):
+        # Which stage is working: a stderr line when its first pair arrives, then its count every few seconds.
+        _ = pairs | f"{label}Progress" >> beam.ParDo(CountProgress(label, "pairs"))
         result = pairs | label >> transform
         pairs = result["pairs"]
         reject_parts.append(result["rejects"])
@@ -159,6 +162,11 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     reject_infos = rejects | "WriteRejects" >> WriteShards(plan.output_uri, "rejects", release.reject_shard_rows,
                                                            release.gzip_level)
     reject_summaries = summarize_rejects(reject_infos)
+    rows_to_write = ((pairs, rejects) | "RowsToWrite" >> beam.Flatten()
+                     | "CountRowsToWrite" >> beam.combiners.Count.Globally())
+    _ = ((shard_infos, reject_infos) | "ShardsWritten" >> beam.Flatten()
+         | "WriteProgress" >> beam.ParDo(CountProgress("write", "rows", weight_key="rows"),
+                                         total=beam.pvalue.AsSingleton(rows_to_write)))
     reject_counts = (_count_by(candidate_rejects, "RejectCount", lambda r: (r["dataset"], r["stage"], r["reason"]))
                      | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
     stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()

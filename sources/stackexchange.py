@@ -24,6 +24,7 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
+from pipelines.progress import Progress, is_quiet
 from pipelines.records import RejectPolicy, make_input_reject, new_pair
 from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
@@ -61,8 +62,9 @@ class StackExchangeSourceConfig(SourceSection):
     # The site of every input when its folder or archive is not named after one (a dump unpacked into
     # "data/"): it names provenance and the CC BY-SA links (https://SITE/q/ID). null: from the names.
     site: str | None = None
-    # Sites to download when --input is absent, and where from ({site} is replaced).
-    sites: list[str] = Field(default_factory=lambda: ["cardano.stackexchange.com"])
+    # Sites to download when --input is absent, and where from ({site} is replaced). Empty (the default): the
+    # sample bundled with the project is built instead, with no network.
+    sites: list[str] = Field(default_factory=list)
     url_template: str = "https://archive.org/download/stackexchange/{site}.7z"
 
 
@@ -355,7 +357,10 @@ class _ReadArchive(beam.DoFn):
                 return
             if not os.path.exists(target):
                 return
+            # Progress per unpacked member ("read Posts.xml"): its size is known only once it is unpacked.
+            progress = Progress(f"read {self.wanted}", "bytes", os.path.getsize(target))
             for raw in iter_lines(target, max_line_bytes=self.max_row_bytes):
+                progress.add(len(raw.data) + 1)
                 yield member_name, raw.data, raw.problem
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -407,16 +412,24 @@ class _ReadDumpLines(beam.DoFn):
     """A file or byte range of one -> (uri, raw line bytes, problem). Lines longer than the row bound come back
     as a prefix with problem "oversized_line", never held whole in memory."""
 
-    def __init__(self, max_row_bytes: int):
+    def __init__(self, max_row_bytes: int, total_bytes: int | None = None):
         self.max_row_bytes = max_row_bytes
+        # All the dump files' bytes: the total of the "read" progress line (stderr and Beam metrics).
+        self.total_bytes = total_bytes
+
+    def setup(self):
+        self.progress = Progress("read", "bytes", self.total_bytes)
 
     def process(self, unit: FileUnit):
         for raw in iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
                               max_line_bytes=self.max_row_bytes):
+            # Bytes of the (decompressed) line and its newline: for a plain file, the share of the file read.
+            self.progress.add(len(raw.data) + 1)
             yield unit.uri, raw.data, raw.problem
 
 
-def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig"):
+def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig",
+                total_bytes: int | None = None):
     """Reads of plain (or gzip) dump files, split into byte ranges so one huge Posts.xml is read in parallel.
 
     Bytes, not text: invalid UTF-8 becomes a reject, not a crash."""
@@ -429,7 +442,7 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
     return (pbegin
             | f"{label}Units" >> CreateUnits(units)
             | f"{label}Spread" >> beam.Reshuffle()
-            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes)))
+            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes, total_bytes)))
 
 
 def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int,
@@ -481,8 +494,12 @@ class ReadStackExchange(beam.PTransform):
         row_reject_parts = []
         reject_parts = []
         row_events = []
-        post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
-        link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
+        read_files = posts_files + (link_files if config.duplicates else [])
+        # The "read" progress line's total: the files' sizes, when they are plain (gzip counts what it inflates).
+        plain = all(compression_of(item.uri) == "none" for item in read_files)
+        total_bytes = (sum(item.size for item in read_files) or None) if plain else None
+        post_lines = [_read_lines(pbegin, "Posts", posts_files, config, total_bytes)]
+        link_lines = [_read_lines(pbegin, "Links", link_files, config, total_bytes)] if config.duplicates else []
         if posts_archives:
             extracted = _read_archives(pbegin, "Posts", posts_archives, "Posts.xml", config.max_row_bytes,
                                        self.policy)
@@ -620,17 +637,29 @@ def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, cont
                              context)
 
 
+# A small real slice of the cardano.stackexchange.com dump (CC BY-SA 4.0; see ATTRIBUTION.md beside it).
+BUNDLED_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", "stackexchange",
+                              "cardano.stackexchange.com")
+
+
 def default_inputs(source_config: StackExchangeSourceConfig, download_config) -> list[str]:
-    """Download each configured site's SITE.7z into the cache (resumed, reused) and return the paths.
+    """Without ``source.sites``: the bundled sample. With it: download each site's SITE.7z into the cache
+    (resumed, reused) and return the paths.
 
     The cache names files by URL hash; a link named SITE.7z beside them keeps the site name (and so the
     provenance and ids) independent of where the cache lives."""
     from sources.download import fetch
 
+    if not source_config.sites:
+        print(f"no --input: building the sample bundled with the project ({BUNDLED_SAMPLE}: 315 posts of "
+              "cardano.stackexchange.com, CC BY-SA 4.0); pass --input DUMP, or --set source.sites=[SITE] to "
+              "download a site's dump", file=sys.stderr)
+        return [BUNDLED_SAMPLE]
     paths = []
     for site in source_config.sites:
         url = source_config.url_template.format(site=site)
-        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s)
+        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s,
+                       progress=not is_quiet())
         named = os.path.join(os.path.expanduser(download_config.cache_dir), "stackexchange", f"{site}.7z")
         os.makedirs(os.path.dirname(named), exist_ok=True)
         if os.path.islink(named) or os.path.exists(named):

@@ -303,7 +303,7 @@ def test_without_input_the_site_dump_is_downloaded_and_cached(shared_data, tmp_p
         template = f"http://127.0.0.1:{server.server_address[1]}/{{site}}.7z"
         cache = tmp_path / "cache"
         out = tmp_path / "downloaded"
-        assert run_build("--source", "stackexchange", "--output", str(out), "--set", f"source.url_template={template}",
+        assert run_build("--source", "stackexchange", "--output", str(out), "--set", "source.sites=[cardano.stackexchange.com]", "--set", f"source.url_template={template}",
                          "--set", f"download.cache_dir={cache}", *FAST) == 0
     finally:
         server.shutdown()
@@ -314,7 +314,7 @@ def test_without_input_the_site_dump_is_downloaded_and_cached(shared_data, tmp_p
                 == {r["id"] for r in release_rows(cardano_release, dataset)})
     # The server is gone: a second build reuses the cached dump.
     again = tmp_path / "again"
-    assert run_build("--source", "stackexchange", "--output", str(again), "--set", f"source.url_template={template}",
+    assert run_build("--source", "stackexchange", "--output", str(again), "--set", "source.sites=[cardano.stackexchange.com]", "--set", f"source.url_template={template}",
                      "--set", f"download.cache_dir={cache}", *FAST) == 0
 
 
@@ -324,6 +324,7 @@ def test_without_input_and_network_one_line_says_pass_input(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.build", "--source", "stackexchange", "--output", str(tmp_path / "o"),
+         "--set", "source.sites=[cardano.stackexchange.com]",
          "--set", "source.url_template=http://127.0.0.1:9/{site}.7z", "--set", f"download.cache_dir={tmp_path}"],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 2
