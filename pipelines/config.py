@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -250,8 +252,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set has an empty key in {text!r}")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError:
+        value = load_bounded_yaml(raw_value) if raw_value.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"--set {key} {exc}") from None
+    except (yaml.YAMLError, RecursionError):
         value = raw_value
     return key.split("."), value
 
@@ -268,19 +272,88 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# A configuration is a page of settings: anything larger (or an endless device such as /dev/zero) is refused
+# before it is parsed, and YAML aliases, which can make a few hundred bytes stand for billions of nodes, are
+# bounded by count and by the size of the tree they expand to.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_ALIASES = 100
+MAX_CONFIG_NODES = 100_000
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses alias bombs while composing, before anything is constructed."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_count = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.alias_count += 1
+            if self.alias_count > MAX_CONFIG_ALIASES:
+                raise ConfigError(f"uses more than {MAX_CONFIG_ALIASES} YAML aliases")
+        return super().compose_node(parent, index)
+
+    def compose_document(self):
+        node = super().compose_document()
+        expanded: dict[int, int] = {}
+
+        def size(item) -> int:  # nodes the tree holds once every alias is expanded (memoised: linear time)
+            known = expanded.get(id(item))
+            if known is not None:
+                return known
+            total = 1
+            if isinstance(item, yaml.SequenceNode):
+                total += sum(size(child) for child in item.value)
+            elif isinstance(item, yaml.MappingNode):
+                total += sum(size(key) + size(value) for key, value in item.value)
+            expanded[id(item)] = total
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError(f"expands to more than {MAX_CONFIG_NODES} YAML nodes")
+            return total
+
+        if node is not None:
+            size(node)
+        return node
+
+
+def load_bounded_yaml(text: str) -> Any:
+    """yaml.safe_load with alias bombs refused (ConfigError without a subject: callers add where)."""
+    loader = _BoundedSafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"config file {path} is not a regular file")
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is not a regular file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes: not a configuration")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = load_bounded_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path} {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {path}{where} is not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -18,7 +18,8 @@ from pipelines.progress import CountProgress
 from pipelines.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
 from pipelines.release.stats import ReleaseStats
-from pipelines.release.store import AlreadyExists
+from pipelines.release import ownership
+from pipelines.release.store import AlreadyExists, StoreError
 from pipelines.release.stores import open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
                                       summarize_rejects)
@@ -42,6 +43,10 @@ class BuildPlan:
     overwrite: bool = False
     # Everything reproducible the manifest says about the run: project, source, config, inputs, model.
     static_manifest: dict[str, Any] = field(default_factory=dict)
+    # The run holding the destination's claim (None: no claim, e.g. a translated job) and the keys that an
+    # earlier manifest or run record says the project wrote: the only ones clean-up may remove.
+    run_id: str | None = None
+    owned_keys: list[str] = field(default_factory=list)
 
     @property
     def active_stages(self) -> list[str]:
@@ -68,7 +73,10 @@ class _Finalize(beam.DoFn):
     """Writes the dataset card and report, removes stale objects, then commits manifest.json last."""
 
     def __init__(self, plan_static: dict[str, Any], output_uri: str, active_stages: list[str], overwrite: bool,
-                 license_id: str, attribution: str, pretty_name: str):
+                 license_id: str, attribution: str, pretty_name: str, run_id: str | None = None,
+                 owned_keys: list[str] | None = None):
+        self.run_id = run_id
+        self.owned_keys = set(owned_keys or ())
         self.static = plan_static
         self.output_uri = output_uri
         self.active_stages = active_stages
@@ -78,13 +86,17 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples, stats, input_rows=()):
+                samples, stats, input_rows=(), input_outcomes=()):
         store = open_store(self.output_uri)
+        self._check_claim(store)
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
         funnel = manifest_lib.compute_funnel(dict(read_counts), list(reject_counts), self.active_stages,
                                              final_rows)
         # What became of every input row (sources that account for them): inputs[i].rows_by_outcome.
         static, funnel = input_rows_lib.apply_input_rows(self.static, funnel, list(input_rows))
+        warnings = empty_input_warnings(input_outcomes)
+        if warnings:
+            funnel["warnings"] = warnings
         files: list[dict[str, Any]] = []
         draft = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
@@ -102,13 +114,25 @@ class _Finalize(beam.DoFn):
         final = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
                                             files=files)
-        # Objects under data/ and rejects/ that this release does not vouch for are leftovers of an earlier,
-        # interrupted or differently configured run: remove them before the commit.
+        # Leftovers of an earlier, interrupted or differently configured run of this project are removed before
+        # the commit; objects the project did not write are never touched, and a release they would sit in
+        # (where readers and verify look) is not committed.
         wanted = manifest_lib.release_keys(final)
-        for prefix in (DATA_PREFIX, REJECTS_PREFIX):
-            for key in store.list_keys(prefix):
-                if key not in wanted:
-                    store.delete(key)
+        present = ownership.row_keys(store)
+        foreign = present - wanted - self.owned_keys
+        if foreign:
+            raise StoreError(f"{len(foreign)} object(s) not written by this project appeared under data/ or "
+                             f"rejects/ of {store.uri} during the run ({ownership.sample_keys(foreign)}); left "
+                             "alone, release not committed")
+        for key in sorted((present - wanted) & self.owned_keys):
+            store.delete(key)
+        # Every object the manifest vouches for must hold the bytes this run wrote (another writer, or a
+        # broken claim, would show here).
+        changed = ownership.mismatched_objects(store, ownership.manifest_entries(final))
+        if changed:
+            raise StoreError(f"{len(changed)} release object(s) at {store.uri} are not what this run wrote "
+                             f"({ownership.sample_keys(changed)}); release not committed")
+        self._check_claim(store)
         manifest_bytes = json_bytes(final)
         try:
             store.put_bytes(manifest_lib.MANIFEST_KEY, manifest_bytes, content_type=JSON,
@@ -117,6 +141,40 @@ class _Finalize(beam.DoFn):
             raise AlreadyExists(f"{store.uri_for(manifest_lib.MANIFEST_KEY)} appeared during the run; "
                                 "not overwritten (use --overwrite)") from None
         yield final
+
+
+    def _check_claim(self, store) -> None:
+        if self.run_id is not None and not ownership.claim_is_ours(store, self.run_id):
+            raise ownership.ClaimHeld(f"this run's claim on {store.uri} was removed or taken by another run "
+                                      "(--break-claim?); release not committed")
+
+
+def _input_of(record: dict[str, Any]) -> str:
+    provenance = record.get("provenance") or {}
+    return str(provenance.get("input") or "")
+
+
+def _rows_of(reject: dict[str, Any]) -> int:
+    # A collapsed run of unparseable lines is one reject standing for many lines.
+    lines = (reject.get("detail") or {}).get("lines")
+    return lines if isinstance(lines, int) and lines > 0 else 1
+
+
+def empty_input_warnings(input_outcomes) -> list[str]:
+    """A warning for each input that gave no pairs but rejects (a wrong file, encoding or format, say),
+    from ((input, "pair" or reject reason), rows) counts of the read stage."""
+    by_input: dict[str, dict[str, int]] = {}
+    for (name, outcome), count in input_outcomes:
+        by_input.setdefault(name, {})[outcome] = by_input.setdefault(name, {}).get(outcome, 0) + count
+    warnings = []
+    for name, outcomes in sorted(by_input.items()):
+        if not name or outcomes.get("pair"):
+            continue
+        rejected = sum(outcomes.values())
+        top = sorted(outcomes.items(), key=lambda item: (-item[1], item[0]))[:3]
+        reasons = ", ".join(f"{reason}={count}" for reason, count in top)
+        warnings.append(f"input {name} gave no pairs: {rejected} row(s) rejected ({reasons})")
+    return warnings
 
 
 def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
@@ -142,6 +200,13 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     input_rows = read.get("input_rows") or (pipeline | "NoInputRows" >> beam.Create([]))
     report_parts = []
     read_counts = _count_by(pairs, "ReadCount", lambda pair: pair["dataset"])
+    read_rejects = ([read["rejects"], row_rejects] | "ReadAndRowRejects" >> beam.Flatten()
+                    if row_rejects is not None else read["rejects"])
+    input_outcomes = ((pairs | "InputPairKey" >> beam.Map(lambda pair: ((_input_of(pair), "pair"), 1)),
+                       read_rejects | "InputRejectKey" >> beam.Map(
+                           lambda reject: ((_input_of(reject), reject["reason"]), _rows_of(reject))))
+                      | "InputOutcomes" >> beam.Flatten()
+                      | "InputOutcomeSum" >> beam.CombinePerKey(sum))
 
     for label, transform in stage_transforms(plan):
         # Which stage is working: a stderr line when its first pair arrives, then its count every few seconds.
@@ -175,7 +240,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
 
     finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,
                          plan.source.license_id, release.attribution or plan.source.attribution,
-                         release.pretty_name)
+                         release.pretty_name, plan.run_id, plan.owned_keys)
     return (pipeline
             | "FinalizeTrigger" >> beam.Create([None])
             | "Finalize" >> beam.ParDo(
@@ -187,7 +252,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 stage_reports=beam.pvalue.AsList(stage_reports),
                 samples=beam.pvalue.AsList(samples),
                 stats=beam.pvalue.AsList(stats),
-                input_rows=beam.pvalue.AsList(input_rows)))
+                input_rows=beam.pvalue.AsList(input_rows),
+                input_outcomes=beam.pvalue.AsList(input_outcomes)))
 
 
 SAMPLES_PER_GROUP = 5

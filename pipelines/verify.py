@@ -29,7 +29,6 @@ rebuild cannot run (inputs not found, the build failing).
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
@@ -50,9 +49,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pipelines.cli import run_command
 from pipelines.errors import PairCurationError, UsageError
 from pipelines.records import dumps_line
-from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
+from pipelines.release.bounded import (INDEX_BYTES_PER_ROW, INDEX_BYTES_PER_SHARD, INDEX_SLACK_BYTES, MAX_MANIFEST_BYTES,
+                                      ObjectTooLarge, get_bounded, gunzip_bounded, gzip_lines)
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
+from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
 
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -200,9 +201,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, raw line with its newline) of a gzip file; gzip damage becomes an ObjectFailure."""
     number = 0
     try:
-        with gzip.open(path, "rb") as stream:
-            for number, line in enumerate(stream, start=1):
-                yield number, line
+        # Streamed with a line limit: a gzip bomb (a huge line, or any other content) fails fast.
+        for number, line in enumerate(gzip_lines(path), start=1):
+            yield number, line
+    except ObjectTooLarge as error:
+        raise ObjectFailure(str(error)) from None
     except (OSError, EOFError, zlib.error) as error:
         raise ObjectFailure(f"not a valid gzip stream after line {number}: {error}") from None
 
@@ -310,7 +313,11 @@ class ReleaseVerifier:
         if not self.store.exists(MANIFEST_KEY):
             self.report.fail(MANIFEST_KEY, "missing: the release is incomplete (or there is none here)")
             return None
-        raw = self.store.get_bytes(MANIFEST_KEY)
+        try:
+            raw = get_bounded(self.store, MANIFEST_KEY, MAX_MANIFEST_BYTES, "manifest")
+        except ObjectTooLarge as error:
+            self.report.fail(MANIFEST_KEY, str(error).replace(self.store.uri_for(MANIFEST_KEY) + " ", "", 1))
+            return None
         try:
             if not raw.isascii():
                 raise ValueError("not ASCII")
@@ -374,6 +381,9 @@ class ReleaseVerifier:
         return None
 
     def _check_counts(self, path: Path, entry: FileEntry, name: str, dataset: DatasetEntry) -> None:
+        if entry.bytes > INDEX_BYTES_PER_SHARD * len(dataset.shards) + INDEX_SLACK_BYTES:
+            raise ObjectFailure(f"listed as {entry.bytes} bytes, more than a counts.json of "
+                                f"{len(dataset.shards)} shards needs: not read")
         _check_hash(path, entry)
         try:
             counts = json.loads(path.read_bytes())
@@ -392,7 +402,10 @@ class ReleaseVerifier:
                        computed: dict[str, list[list[int]]]) -> None:
         _check_hash(path, entry)
         try:
-            offsets = json.loads(gzip.decompress(path.read_bytes()))
+            offsets = json.loads(gunzip_bounded(path, INDEX_BYTES_PER_ROW * dataset.rows
+                                                + INDEX_BYTES_PER_SHARD * len(dataset.shards) + INDEX_SLACK_BYTES))
+        except ObjectTooLarge as error:
+            raise ObjectFailure(f"{error} for {dataset.rows} rows") from None
         except (OSError, EOFError, zlib.error, ValueError) as error:
             raise ObjectFailure(f"not gzip-compressed JSON: {error}") from None
         if not isinstance(offsets, dict) or set(offsets) != {shard.key for shard in dataset.shards}:
@@ -495,10 +508,10 @@ def recorded_input_uris(store: ReleaseStore) -> dict[str, str]:
     """Input name -> the URI it was read from, from the release's run records (the newest record wins)."""
     uris: dict[str, str] = {}
     for key in sorted(store.list_keys(RUN_RECORD_PREFIX), reverse=True):
-        if not re.fullmatch(r"runs/run-[0-9TZ]+\.json", key):
+        if not re.fullmatch(r"runs/run-[0-9TZ]+(-[0-9a-f]{8})?\.json", key):
             continue
         try:
-            record = json.loads(store.get_bytes(key))
+            record = json.loads(get_bounded(store, key, MAX_MANIFEST_BYTES, "run record"))
         except (StoreError, ValueError):
             continue
         for entry in record.get("inputs", []) if isinstance(record, dict) else []:
@@ -560,9 +573,10 @@ def check_inputs(inputs: list[dict[str, Any]], located: dict[str, str]) -> list[
 
 
 def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
-    """--input arguments that give every input its recorded name. A local file is linked into a tree that
-    mirrors its name (the build names a file by its path below the folder it was given); a remote one is passed
-    as it is (the build names it by its base name)."""
+    """--input arguments that give every input its recorded name. A local file is hard-linked (or, across
+    filesystems, copied) into a tree that mirrors its name (the build names a file by its path below the folder
+    it was given; it refuses symbolic links that leave that folder); a remote one is passed as it is (the build
+    names it by its base name)."""
     arguments: list[str] = []
     for name, uri in sorted(located.items()):
         if "://" in uri and not uri.startswith("file://"):
@@ -570,7 +584,11 @@ def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
             continue
         link = folder / _safe_input_name(name)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
+        source = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
+        try:
+            os.link(source, link)
+        except OSError:  # another filesystem, or a file we may not link
+            shutil.copyfile(source, link)
         top = str(folder / name.split("/", 1)[0])
         if top not in arguments:
             arguments.append(top)
@@ -635,7 +653,7 @@ def rebuild_release(store: ReleaseStore, *, overrides: list[str] | None = None, 
     import yaml
 
     try:
-        manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+        manifest = json.loads(get_bounded(store, MANIFEST_KEY, MAX_MANIFEST_BYTES, "manifest"))
     except (StoreError, ValueError) as error:
         raise RebuildError(f"cannot read {MANIFEST_KEY}: {error}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("source"), str) \

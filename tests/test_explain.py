@@ -187,6 +187,10 @@ class CountingStore(LocalStore):
         self.reads.append(key)
         return super().get_bytes(key)
 
+    def local_path(self, key):  # shards are streamed from a local file, not fetched whole
+        self.reads.append(key)
+        return super().local_path(key)
+
 
 def test_lookup_opens_one_shard_per_dataset(demo):
     root, named = demo

@@ -51,6 +51,8 @@ def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, 
     for row in manifest["funnel"]["total"]:
         reasons = ", ".join(f"{reason}: {count:,}" for reason, count in row["dropped"].items()) or "-"
         lines.append(f"| {row['stage']} | {row['in']:,} | {row['out']:,} | {reasons} |")
+    for warning in manifest["funnel"].get("warnings", []):
+        lines += ["", f"**Warning:** {warning}."]
     lines += input_rows.card_lines(manifest)
     skipped = manifest.get("skipped_stages") or []
     if skipped:

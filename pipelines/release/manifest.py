@@ -109,6 +109,7 @@ def format_funnel(funnel: dict[str, Any]) -> str:
             lines.append(f"  {row['stage']:<13}{row['in']:>10}{row['out']:>10}  {reasons}")
 
     table("all datasets", funnel["total"])
+    lines.extend(f"warning: {warning}" for warning in funnel.get("warnings", []))
     for dataset, rows in funnel["per_dataset"].items():
         table(dataset, rows)
     from pipelines.release.input_rows import funnel_lines
