@@ -393,7 +393,7 @@ def test_output_is_a_contrastors_triplet_dataset_that_sentence_transformers_can_
         batched=True, remove_columns=contrastors.column_names)
     assert triplets.column_names == ["anchor", "positive", "negative"]
     assert len(triplets) == sum(len(row["negatives"]) for row in rows)
-    model = get_encoder(EMBEDDING).model
+    model = get_encoder(EMBEDDING.model_copy(update={"backend": "torch"})).model  # sentence-transformers
     collate = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
     batch = collate([triplets[i] for i in range(8)])
     for column in ("anchor", "positive", "negative"):
