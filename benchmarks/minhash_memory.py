@@ -59,6 +59,7 @@ def child(count: int) -> None:
     from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
     from filters.minhash import MinHashDedup
+    from pipelines.records import RAW_REJECT_CHARS, RejectPolicy
     from pipelines.config import MinHashConfig
 
     baseline = rss_mb()
@@ -67,7 +68,8 @@ def child(count: int) -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         with BeamTestPipeline() as pipeline:
-            result = pipeline | beam.Create(pairs, reshuffle=False) | MinHashDedup(MinHashConfig())
+            result = pipeline | beam.Create(pairs, reshuffle=False) | MinHashDedup(
+                MinHashConfig(), RejectPolicy(keep_texts=True, raw_chars=RAW_REJECT_CHARS))
             (result["pairs"] | "CountKept" >> beam.combiners.Count.Globally()
              | "WriteKept" >> beam.io.WriteToText(f"{folder}/kept", shard_name_template=""))
             (result["report"] | "Json" >> beam.Map(json.dumps)

@@ -33,7 +33,7 @@ import minhash_speed as corpus  # noqa: E402  (the real-text readers)
 
 from filters import minhash_kernel as kernel  # noqa: E402
 from pipelines.config import MinHashConfig  # noqa: E402
-from pipelines.records import new_pair  # noqa: E402
+from pipelines.records import RAW_REJECT_CHARS, RejectPolicy, new_pair  # noqa: E402
 
 THRESHOLD = 0.8
 BINS = [(0.5, 0.7), (0.7, 0.75), (0.75, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.01)]
@@ -113,7 +113,8 @@ def stage_clusters(texts: list[str], config: MinHashConfig) -> tuple[set[tuple[i
     index_of = {pair["id"]: index for index, pair in enumerate(pairs)}
     with tempfile.TemporaryDirectory() as folder:
         with BeamTestPipeline() as pipeline:
-            result = pipeline | beam.Create(pairs, reshuffle=False) | MinHashDedup(config, reject_texts=False)
+            no_texts = RejectPolicy(keep_texts=False, raw_chars=RAW_REJECT_CHARS)
+            result = pipeline | beam.Create(pairs, reshuffle=False) | MinHashDedup(config, no_texts)
             for name in ("rejects", "report"):
                 (result[name] | f"Json{name}" >> beam.Map(json.dumps)
                  | f"Write{name}" >> beam.io.WriteToText(f"{folder}/{name}", shard_name_template=""))

@@ -66,7 +66,7 @@ def run_ours(pairs, embedding, work: Path):
 
     from filters.consistency import EmbeddingStages
     from pipelines.config import ConsistencyConfig, NegativesConfig
-    from pipelines.records import new_pair
+    from pipelines.records import RAW_REJECT_CHARS, RejectPolicy, new_pair
 
     records = [new_pair(dataset="bench", source="bench", query=q, document=d, provenance={"record": str(i)})
                for i, (q, d) in enumerate(pairs)]
@@ -75,7 +75,8 @@ def run_ours(pairs, embedding, work: Path):
     with beam.Pipeline(runner="DirectRunner") as pipeline:
         result = (pipeline | beam.Create(records)
                   | EmbeddingStages(embedding, ConsistencyConfig(),
-                                    NegativesConfig(relative_margin=MARGIN, num_negatives=NUM_NEGATIVES)))
+                                    NegativesConfig(relative_margin=MARGIN, num_negatives=NUM_NEGATIVES),
+                                    RejectPolicy(keep_texts=True, raw_chars=RAW_REJECT_CHARS)))
         (result["pairs"] | beam.Map(json.dumps) | beam.io.WriteToText(str(out), shard_name_template=""))
     seconds = time.perf_counter() - start
     kept = [json.loads(line) for line in out.read_text().splitlines()]

@@ -33,12 +33,14 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
+from filters.stage import SharedStep, Stage
 from pipelines.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
 from pipelines.embedding import EmbedTexts, model_info
+from pipelines.metrics import StageMetrics
 from pipelines.negatives import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
                                  round_scores, select_negatives, shortage)
 from pipelines.progress import Progress
-from pipelines.records import content_hash, id_bucket, make_reject
+from pipelines.records import RejectPolicy, content_hash, id_bucket, make_reject
 
 STAGE = "consistency"
 NEGATIVES_STAGE = "negatives"
@@ -273,7 +275,7 @@ def _scores_as_micro(values: Iterable[float]) -> int:
 
 def apply_decision(pair: dict[str, Any], decision: dict[str, Any] | None, negative_texts: dict[int, str],
                    consistency_on: bool, negatives: NegativesConfig | None,
-                   keep_texts: bool) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, int]]:
+                   policy: RejectPolicy) -> tuple[dict[str, Any] | None, dict[str, Any] | None, dict[str, int]]:
     """(kept pair or None, reject or None, summary counters) for one pair."""
     first_stage = STAGE if consistency_on else NEGATIVES_STAGE
     summary: Counter = Counter(pairs=1)
@@ -281,7 +283,7 @@ def apply_decision(pair: dict[str, Any], decision: dict[str, Any] | None, negati
         summary[f"dropped:{first_stage}:invalid_text"] += 1
         return None, make_reject(pair, stage=first_stage, reason="invalid_text",
                                  detail={"message": "query and document must be non-empty strings"},
-                                 keep_texts=keep_texts), dict(summary)
+                                 policy=policy), dict(summary)
     rank, positive = decision["rank"], decision["positive"]
     summary[f"rank:{rank_bucket(rank)}"] += 1
     if not decision["kept"]:
@@ -291,7 +293,7 @@ def apply_decision(pair: dict[str, Any], decision: dict[str, Any] | None, negati
                   "top_k": decision["top_k"], "outranked_by": decision["outranked_by"],
                   "outranked_scores": decision["outranked_scores"], "block": decision["block"]}
         return None, make_reject(pair, stage=STAGE, reason="not_in_top_k", detail=detail,
-                                 keep_texts=keep_texts), dict(summary)
+                                 policy=policy), dict(summary)
     negative_list: list[str] = []
     negative_scores: list[float] = []
     if negatives is not None:
@@ -310,7 +312,7 @@ def apply_decision(pair: dict[str, Any], decision: dict[str, Any] | None, negati
                       "positive": positive, "rank": rank, "skipped_by_rule": decision["skipped_by_rule"],
                       "block": decision["block"]}
             return None, make_reject(pair, stage=NEGATIVES_STAGE, reason="too_few_negatives", detail=detail,
-                                     keep_texts=keep_texts), dict(summary)
+                                     policy=policy), dict(summary)
         if negative_list:
             summary["pairs_with_negatives"] += 1
             summary["negatives_mined"] += len(negative_list)
@@ -514,19 +516,13 @@ class _Finish(beam.DoFn):
     REJECTS_TAG = "rejects"
     SUMMARY_TAG = "summary"
 
-    def __init__(self, consistency_on: bool, negatives: NegativesConfig | None, keep_texts: bool):
+    def __init__(self, consistency_on: bool, negatives: NegativesConfig | None, policy: RejectPolicy):
         self.consistency_on = consistency_on
         self.negatives = negatives
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def setup(self):
-        self.counters: dict[str, Any] = {}
-
-    def _count(self, namespace: str, name: str, amount: int = 1):
-        key = (namespace, name)
-        if key not in self.counters:
-            self.counters[key] = Metrics.counter(namespace, name)
-        self.counters[key].inc(amount)
+        self.metrics = {name: StageMetrics(name) for name in (STAGE, NEGATIVES_STAGE)}
 
     def process(self, element):
         _, grouped = element
@@ -535,17 +531,17 @@ class _Finish(beam.DoFn):
         negative_texts = dict(grouped["negative"])
         first = STAGE if self.consistency_on else NEGATIVES_STAGE
         for pair in grouped["pair"]:
-            self._count(first, "pairs_in")
+            self.metrics[first].seen()
             kept, reject, summary = apply_decision(pair, decision, negative_texts, self.consistency_on,
-                                                   self.negatives, self.keep_texts)
+                                                   self.negatives, self.policy)
             yield beam.pvalue.TaggedOutput(self.SUMMARY_TAG, summary)
             if reject is not None:
-                self._count(reject["stage"], f"dropped_{reject['reason']}")
+                self.metrics[reject["stage"]].dropped(reject["reason"])
                 yield beam.pvalue.TaggedOutput(self.REJECTS_TAG, reject)
             else:
-                self._count(first, "pairs_out")
+                self.metrics[first].passed()
                 if self.negatives is not None:
-                    self._count(NEGATIVES_STAGE, "negatives_mined", len(kept["negatives"]))
+                    self.metrics[NEGATIVES_STAGE].count("negatives_mined", len(kept["negatives"]))
                 yield kept
 
 
@@ -574,12 +570,12 @@ class EmbeddingStages(beam.PTransform):
     Returns {"pairs", "rejects", "report"}."""
 
     def __init__(self, embedding: EmbeddingConfig, consistency: ConsistencyConfig | None,
-                 negatives: NegativesConfig | None, reject_texts: bool = True):
+                 negatives: NegativesConfig | None, policy: RejectPolicy):
         super().__init__()
         self.embedding = embedding
         self.consistency = consistency
         self.negatives = negatives
-        self.reject_texts = reject_texts
+        self.policy = policy
 
     def expand(self, pairs):
         embedding, consistency, negatives = self.embedding, self.consistency, self.negatives
@@ -619,7 +615,7 @@ class EmbeddingStages(beam.PTransform):
         keyed_pairs = pairs | "KeyById" >> beam.Map(lambda pair: (pair.get("id", ""), pair))
         finished = ({"pair": keyed_pairs, "decision": decided.decisions, "negative": negative_texts}
                     | "JoinById" >> beam.CoGroupByKey()
-                    | "Finish" >> beam.ParDo(_Finish(consistency is not None, negatives, self.reject_texts))
+                    | "Finish" >> beam.ParDo(_Finish(consistency is not None, negatives, self.policy))
                     .with_outputs(_Finish.REJECTS_TAG, _Finish.SUMMARY_TAG, main="pairs"))
 
         unique_count = unique | "CountTexts" >> beam.combiners.Count.Globally()
@@ -632,3 +628,14 @@ class EmbeddingStages(beam.PTransform):
                       blocks=beam.pvalue.AsList(decided[_DecideBlock.BLOCKS_TAG]),
                       texts=beam.pvalue.AsSingleton(unique_count)))
         return {"pairs": finished.pairs, "rejects": finished[_Finish.REJECTS_TAG], "report": report}
+
+
+def _embed_and_search(config, policy: RejectPolicy, active: tuple[str, ...]) -> EmbeddingStages:
+    """The shared step for the active ones of `consistency` and `negatives` (a stage left out is None)."""
+    return EmbeddingStages(config.embedding, config.consistency if STAGE in active else None,
+                           config.negatives if NEGATIVES_STAGE in active else None, policy)
+
+
+# One embedding pass and one search per block serve both stages; "embedding" labels it in the graph.
+EMBED_AND_SEARCH = SharedStep("embedding", _embed_and_search, needs_model=True)
+STAGE_SPEC = Stage(STAGE, config_key="consistency", shared=EMBED_AND_SEARCH)

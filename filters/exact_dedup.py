@@ -10,10 +10,11 @@ import hashlib
 from typing import Any, Iterable
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from filters.stage import Stage
 from pipelines.config import ExactDedupConfig
-from pipelines.records import make_reject
+from pipelines.metrics import StageMetrics
+from pipelines.records import RejectPolicy, make_reject
 
 STAGE = "exact_dedup"
 
@@ -49,14 +50,14 @@ def split_group(pairs: Iterable[dict[str, Any]], rule: str) -> tuple[dict[str, A
 
 
 class ExactDedup(beam.PTransform):
-    def __init__(self, config: ExactDedupConfig, reject_texts: bool = True):
+    def __init__(self, config: ExactDedupConfig, policy: RejectPolicy):
         super().__init__()
         self.config = config
-        self.reject_texts = reject_texts
+        self.policy = policy
 
     def expand(self, pairs):
-        config, keep_texts = self.config, self.reject_texts
-        duplicates = Metrics.counter(STAGE, "dropped_exact_duplicate")
+        config, policy = self.config, self.policy
+        metrics = StageMetrics(STAGE)
 
         def resolve(element):
             key, group = element
@@ -71,14 +72,18 @@ class ExactDedup(beam.PTransform):
                 if not survivor_passed and pair["id"] == survivor["id"]:
                     survivor_passed = True
                     continue
-                duplicates.inc()
+                metrics.dropped("exact_duplicate")
                 yield beam.pvalue.TaggedOutput("rejects", make_reject(
                     pair, stage=STAGE, reason="exact_duplicate",
                     detail={"survivor_id": survivor["id"], "key": key, "rule": config.survivor},
-                    keep_texts=keep_texts))
+                    policy=policy))
 
         result = (pairs
                   | "Key" >> beam.Map(lambda pair: (dedup_key(pair, config), pair))
                   | "Group" >> beam.GroupByKey()
                   | "Resolve" >> beam.FlatMap(resolve).with_outputs("rejects", main="pairs"))
         return {"pairs": result.pairs, "rejects": result.rejects}
+
+
+STAGE_SPEC = Stage(STAGE, config_key="exact_dedup",
+                   transform=lambda config, policy: ExactDedup(config.exact_dedup, policy))

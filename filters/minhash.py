@@ -28,8 +28,9 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from filters import minhash_kernel as kernel
+from filters.stage import Stage
 from pipelines.config import MinHashConfig
-from pipelines.records import make_reject
+from pipelines.records import RejectPolicy, make_reject
 
 STAGE = "minhash"
 REASON = "near_duplicate"
@@ -340,14 +341,14 @@ class LocalComponents(beam.PTransform):
 class MinHashDedup(beam.PTransform):
     """Near-duplicate removal. ``expand(pairs)`` -> {"pairs", "rejects", "report"}."""
 
-    def __init__(self, config: MinHashConfig, reject_texts: bool = True):
+    def __init__(self, config: MinHashConfig, policy: RejectPolicy):
         super().__init__()
         self.config = config
-        self.reject_texts = reject_texts
+        self.policy = policy
         self.bands, self.rows = resolve_banding(config)
 
     def expand(self, pairs):
-        config, keep_texts = self.config, self.reject_texts
+        config, policy = self.config, self.policy
         bands, rows = self.bands, self.rows
         threshold, verify = config.threshold, config.verify
         counted_in = Metrics.counter(STAGE, "in")
@@ -367,7 +368,7 @@ class MinHashDedup(beam.PTransform):
             dropped_malformed.inc()
             safe = pair if isinstance(pair, dict) else {}
             yield beam.pvalue.TaggedOutput("malformed", make_reject(
-                safe, stage=STAGE, reason=MALFORMED, detail={"problem": problem}, keep_texts=keep_texts))
+                safe, stage=STAGE, reason=MALFORMED, detail={"problem": problem}, policy=policy))
 
         checked = pairs | "Check" >> beam.FlatMap(check).with_outputs("malformed", main="valid")
         valid = checked.valid
@@ -475,7 +476,7 @@ class MinHashDedup(beam.PTransform):
                 if details:
                     dropped.inc()
                     yield beam.pvalue.TaggedOutput("rejects", make_reject(
-                        pair, stage=STAGE, reason=REASON, detail=details[0], keep_texts=keep_texts))
+                        pair, stage=STAGE, reason=REASON, detail=details[0], policy=policy))
                 else:
                     counted_out.inc()
                     yield pair
@@ -501,3 +502,7 @@ class MinHashDedup(beam.PTransform):
                       beam.pvalue.AsSingleton(cluster_stats), count(signed.too_few, "CountTooFew"),
                       count(checked.malformed, "CountMalformed")))
         return {"pairs": final.pairs, "rejects": rejects, "report": report}
+
+
+STAGE_SPEC = Stage(STAGE, config_key="minhash",
+                   transform=lambda config, policy: MinHashDedup(config.minhash, policy))

@@ -11,10 +11,11 @@ import unicodedata
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.metrics import Metrics
 
+from filters.stage import Stage
 from pipelines.config import NormalizeConfig
-from pipelines.records import make_reject
+from pipelines.metrics import StageMetrics
+from pipelines.records import RejectPolicy, make_reject
 
 STAGE = "normalize"
 
@@ -97,26 +98,29 @@ def normalize_pair(pair: dict[str, Any], config: NormalizeConfig) -> tuple[dict[
 
 
 class Normalize(beam.PTransform):
-    def __init__(self, config: NormalizeConfig, reject_texts: bool = True):
+    def __init__(self, config: NormalizeConfig, policy: RejectPolicy):
         super().__init__()
         self.config = config
-        self.reject_texts = reject_texts
+        self.policy = policy
 
     def expand(self, pairs):
-        config, keep_texts = self.config, self.reject_texts
-        seen = Metrics.counter(STAGE, "in")
-        kept = Metrics.counter(STAGE, "out")
+        config, policy = self.config, self.policy
+        metrics = StageMetrics(STAGE)
 
         def apply(pair):
-            seen.inc()
+            metrics.seen()
             normalized, reason, detail = normalize_pair(pair, config)
             if reason is None:
-                kept.inc()
+                metrics.passed()
                 yield normalized
             else:
-                Metrics.counter(STAGE, f"dropped_{reason}").inc()
+                metrics.dropped(reason)
                 yield beam.pvalue.TaggedOutput("rejects", make_reject(
-                    pair, stage=STAGE, reason=reason, detail=detail, keep_texts=keep_texts))
+                    pair, stage=STAGE, reason=reason, detail=detail, policy=policy))
 
         result = pairs | "Normalize" >> beam.FlatMap(apply).with_outputs("rejects", main="pairs")
         return {"pairs": result.pairs, "rejects": result.rejects}
+
+
+STAGE_SPEC = Stage(STAGE, config_key="normalize",
+                   transform=lambda config, policy: Normalize(config.normalize, policy))

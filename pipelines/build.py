@@ -15,9 +15,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from pipelines.errors import UsageError
+from pipelines.cli import CommandParser, quiet_logging, refuse_secret_options, run_command
+from pipelines.errors import PairCurationError, PipelineError, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,16 +40,11 @@ S3 destinations take their endpoint and keys from the standard AWS environment v
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
 def make_parser() -> argparse.ArgumentParser:
-    from pipelines.records import SKIPPABLE_STAGES
+    from filters.registry import stage_names
     from sources.registry import source_names
 
-    parser = _Parser(
+    parser = CommandParser(
         prog="python -m pipelines.build",
         description="Build an auditable release of contrastive training pairs from a public dump: read, "
                     "normalize, exact dedup, MinHash near-dup removal, embedding-consistency filter, hard "
@@ -67,8 +63,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override one config key, typed as YAML, e.g. --set minhash.threshold=0.85; "
                              "repeatable")
-    parser.add_argument("--skip", action="append", default=[], choices=SKIPPABLE_STAGES, metavar="STAGE",
-                        help=f"leave a stage out (recorded in the manifest): {', '.join(SKIPPABLE_STAGES)}; "
+    parser.add_argument("--skip", action="append", default=[], choices=stage_names(), metavar="STAGE",
+                        help=f"leave a stage out (recorded in the manifest): {', '.join(stage_names())}; "
                              "repeatable")
     parser.add_argument("--break-claim", action="store_true",
                         help="remove a claim on --output left by a build that died (killed, machine lost); "
@@ -79,11 +75,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress lines on stderr while the pipeline runs (Beam metrics still count)")
     return parser
-
-
-def fail(message: str, status: int = 2) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    raise SystemExit(status)
 
 
 def project_identity() -> dict[str, Any]:
@@ -157,11 +148,14 @@ def _quiet_logging() -> None:
 
 def plan_build(args: argparse.Namespace):
     """Everything decided before the graph runs. Raises UsageError (exit 2) for anything the user must fix."""
+    from filters.registry import stages
     from pipelines.config import ConfigError, config_hash, load_config, resolved_dict
     from pipelines.graph import BuildPlan
     from pipelines.release.manifest import MANIFEST_KEY
-    from pipelines.release.store import StoreError, open_store
-    from sources.base import InputError, describe_inputs, expand_inputs
+    from pipelines.release.store import StoreError
+    from pipelines.release.stores import open_store
+    from pipelines.records import RejectPolicy
+    from sources.base import InputError, RunContext, describe_inputs, expand_inputs
     from sources.registry import get_source
 
     source = get_source(args.source)
@@ -169,7 +163,9 @@ def plan_build(args: argparse.Namespace):
         config, source_config = load_config(args.source, source.config_model, args.config, args.overrides)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
-    skipped = sorted(set(args.skip))
+    policy = RejectPolicy.from_config(config.release)
+    # A stage is left out by --skip NAME or by its section's enabled: false; the manifest records both alike.
+    skipped = sorted(set(args.skip) | {stage.name for stage in stages() if not stage.enabled(config)})
     output_uri = args.output or str(REPO_ROOT / "releases" / args.source)
     try:
         inputs_given = args.input or source.default_inputs(source_config, config.download)
@@ -181,15 +177,16 @@ def plan_build(args: argparse.Namespace):
         if store.exists(MANIFEST_KEY) and not args.overwrite:
             raise UsageError(f"a complete release already exists at {store.uri_for(MANIFEST_KEY)}; "
                              "choose another --output or pass --overwrite to replace it")
-        # The source validates its inputs (right kind of files) before anything is hashed or run.
-        context_check = source.read(inputs, source_config, _context(args.source, config))
-        del context_check
+        # The source plans its read once, here: it validates its inputs (right kind of files) before anything
+        # is hashed or run, and the graph applies this very transform.
+        read = source.read(inputs, source_config, RunContext(
+            source_name=args.source, policy=policy, max_extracted_bytes=config.download.max_extracted_bytes))
         described = describe_inputs(inputs)
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
     model = None
-    if "consistency" not in skipped or "negatives" not in skipped:
+    if any(stage.needs_model for stage in stages() if stage.name not in skipped):
         try:
             from pipelines.embedding import model_info
         except ImportError as exc:
@@ -212,7 +209,8 @@ def plan_build(args: argparse.Namespace):
         "model": model,
     }
     plan = BuildPlan(source=source, source_config=source_config, config=config, inputs=inputs,
-                     output_uri=output_uri, skipped=skipped, overwrite=args.overwrite, static_manifest=static)
+                     output_uri=output_uri, policy=policy, read=read, skipped=skipped, overwrite=args.overwrite,
+                     static_manifest=static)
     return plan, described
 
 
@@ -254,13 +252,6 @@ def refuse_overlap(output_uri: str, store, given: list[str], inputs) -> None:
         if _inside(where[1], output[1]) or _inside(output[1], where[1]):
             raise UsageError(f"--output {output_uri} overlaps the input {uri} (one is inside the other): a "
                              "build never writes where it reads; choose another --output")
-
-
-def _context(source_name, config):
-    from sources.base import RunContext
-
-    return RunContext(source_name=source_name, reject_texts=config.release.reject_texts,
-                      max_extracted_bytes=config.download.max_extracted_bytes)
 
 
 def pipeline_options(beam_args: list[str]):
@@ -365,14 +356,12 @@ def finish_run(store, key: str, record: dict[str, Any], status: int) -> None:
             print(f"warning: could not release the claim on {store.uri}: {exc}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_logging()
+def _build_command(argv: list[str]) -> int:
+    quiet_logging()
     parser = make_parser()
     try:
         args, beam_args = parser.parse_known_args(argv)
         from pipelines.cli_options import check_unknown_options
-        from pipelines.translate import refuse_secret_options
 
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
@@ -382,18 +371,19 @@ def main(argv: list[str] | None = None) -> int:
         set_quiet(args.quiet)  # before planning: a download's progress bar honours it too
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
-    except UsageError as exc:
-        fail(str(exc))
+    except PairCurationError:
+        raise
     except (ValueError, SystemExit) as exc:
         if isinstance(exc, SystemExit) and exc.code in (0, None):
             raise
-        fail(f"bad pipeline option: {exc}")
+        raise UsageError(f"bad pipeline option: {exc}") from None
 
     import apache_beam as beam
 
     from pipelines.graph import build_graph
     from pipelines.release.manifest import MANIFEST_KEY, format_funnel
-    from pipelines.release.store import StoreError, open_store
+    from pipelines.release.store import StoreError
+    from pipelines.release.stores import open_store
 
     from pipelines import progress
 
@@ -402,8 +392,8 @@ def main(argv: list[str] | None = None) -> int:
     store = open_store(plan.output_uri)
     try:
         record_key, record = claim_destination(plan, store, args, described, argv, started)
-    except (UsageError, StoreError) as exc:
-        fail(str(exc))
+    except StoreError as exc:
+        raise UsageError(str(exc)) from None
     status = 1
     try:
         print(f"building {args.source} release -> {plan.output_uri} "
@@ -416,15 +406,15 @@ def main(argv: list[str] | None = None) -> int:
             known = project_error_message(exc)
             if known is not None:
                 logging.debug("pipeline failure", exc_info=True)
-                fail(known)
+                raise UsageError(known) from None
             message = str(exc).strip().splitlines()
             detail = next((line for line in reversed(message) if "Error" in line or "Exception" in line),
                           message[-1] if message else type(exc).__name__)
             logging.debug("pipeline failure", exc_info=True)
-            fail(f"pipeline failed: {detail[:500]}", status=1)
+            raise PipelineError(f"pipeline failed: {detail[:500]}") from None
 
         if not store.exists(MANIFEST_KEY):
-            fail("pipeline finished but no manifest was committed: the release is incomplete", status=1)
+            raise PipelineError("pipeline finished but no manifest was committed: the release is incomplete")
         manifest = json.loads(store.get_bytes(MANIFEST_KEY))
         print(format_funnel(manifest["funnel"]))
         for warning in manifest["funnel"].get("warnings", []):
@@ -432,11 +422,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"release: {plan.output_uri} ({time.time() - started:.1f} s)")
         status = 0
         return 0
+    except PairCurationError as exc:
+        status = exc.exit_status
+        raise
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
         raise
     finally:
         finish_run(store, record_key, record, status)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_build_command, argv)
 
 
 if __name__ == "__main__":

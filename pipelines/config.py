@@ -11,16 +11,28 @@ import hashlib
 import json
 import os
 import stat
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+from pipelines.errors import UsageError
 
 
-class ConfigError(Exception):
+def _config_dir() -> Path:
+    """The folder of the shipped source configs: the ``configs`` package (package data in the wheel)."""
+    try:
+        return Path(str(resources.files("configs")))
+    except ModuleNotFoundError:  # an editable install made before configs became a package: the checkout's
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
+
+
+class ConfigError(UsageError):
     """A bad configuration: the message is one line naming the key and what is wrong."""
 
 
@@ -28,7 +40,16 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class NormalizeConfig(Section):
+class StageSection(Section):
+    """The section of a stage (``filters.stage``): ``enabled: false`` leaves the stage out, as --skip does.
+
+    Not part of the resolved configuration the manifest records and hashes: the manifest's skipped_stages says
+    which stages ran, whichever way they were turned off."""
+
+    enabled: bool = Field(True, exclude=True)
+
+
+class NormalizeConfig(StageSection):
     unicode_form: Literal["NFC", "NFKC", "none"] = "NFKC"
     collapse_whitespace: bool = True
     strip_control_chars: bool = True
@@ -45,7 +66,7 @@ class NormalizeConfig(Section):
     too_long: Literal["reject", "truncate"] = "truncate"
 
 
-class ExactDedupConfig(Section):
+class ExactDedupConfig(StageSection):
     # What must be equal (after normalization, case-folded) for two pairs to be duplicates.
     key: Literal["pair", "query", "document"] = "pair"
     # Within one DATASET, or across every dataset of the run.
@@ -55,7 +76,7 @@ class ExactDedupConfig(Section):
     survivor: Literal["longest_document", "smallest_id"] = "longest_document"
 
 
-class MinHashConfig(Section):
+class MinHashConfig(StageSection):
     text: Literal["pair", "query", "document"] = "pair"
     scope: Literal["dataset", "all"] = "dataset"
     shingle: Literal["word", "char"] = "word"
@@ -132,7 +153,7 @@ class EmbeddingConfig(Section):
         return self
 
 
-class ConsistencyConfig(Section):
+class ConsistencyConfig(StageSection):
     pool_size: int = Field(1_000_000, ge=2)
     top_k: int = Field(2, ge=1)
     # Exact flat inner product while a block has at most ivf_min_size documents, IVF beyond.
@@ -145,7 +166,7 @@ class ConsistencyConfig(Section):
     faiss_threads: int = Field(0, ge=0)
 
 
-class NegativesConfig(Section):
+class NegativesConfig(StageSection):
     range_min: int = Field(0, ge=0)
     range_max: int = Field(50, ge=1)
     num_negatives: int = Field(7, ge=1)
@@ -357,8 +378,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
 def load_config(source_name: str, source_model: type[BaseModel], config_path: str | Path | None = None,
                 overrides: list[str] | None = None) -> tuple[PipelineConfig, BaseModel]:
     """Read, override and validate. Returns the pipeline config and the source's validated config."""
+    # A missing file is an error, never a silent fall-back to the models' defaults (quora's ngram would vanish).
     path = Path(config_path) if config_path else CONFIG_DIR / f"{source_name}.yaml"
-    tree = read_yaml(path) if (config_path or path.exists()) else {}
+    tree = read_yaml(path)
     for override in overrides or []:
         key_path, value = parse_override(override)
         _apply_override(tree, key_path, value)

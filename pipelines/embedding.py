@@ -37,6 +37,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.config import EmbeddingConfig
+from pipelines.errors import UsageError
 from pipelines.progress import Progress
 
 DEFAULT_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -51,7 +52,7 @@ _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _NON_WEIGHT_FOLDERS = {"onnx", "openvino"}
 
 
-class ModelError(ValueError):
+class ModelError(UsageError, ValueError):
     """The model cannot be found, hashed or loaded: the message is one line."""
 
 

@@ -23,13 +23,16 @@ import sys
 import unicodedata
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn
+from typing import Any, Callable
 
+from pipelines.cli import run_command
+from pipelines.errors import NotFound, UsageError
 from pipelines.records import ALL_STAGES, id_bucket
 from pipelines.release.bounded import MAX_MANIFEST_BYTES, ObjectTooLarge, get_bounded, gzip_lines
-from pipelines.release.store import ReleaseStore, StoreError, open_store
+from pipelines.release.store import ReleaseStore, StoreError
+from pipelines.release.stores import open_store
+from pipelines.schema import MANIFEST_KEY
 
-MANIFEST_KEY = "manifest.json"
 _SHARD_INDEX = re.compile(r"-(\d+)\.jsonl\.gz$")
 _ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
 _FOLLOW_HOPS = 5
@@ -38,7 +41,7 @@ _SHOWN_ABSORBED = 20
 TEXT_CHARS = 300
 
 
-class ReleaseUnreadable(Exception):
+class ReleaseUnreadable(UsageError):
     """The release (or one of its objects) cannot be read: exit status 2, one line."""
 
 
@@ -241,7 +244,8 @@ def _stage_decisions(manifest: dict[str, Any], status: str, record: dict[str, An
     scores = record.get("scores") if isinstance(record.get("scores"), dict) else {}
     decisions = []
     reached = True
-    for stage in ALL_STAGES:
+    # The built-in stages in graph order, then any other stage this release ran (the funnel lists them).
+    for stage in list(ALL_STAGES) + [stage for stage in run if stage not in ALL_STAGES]:
         if stage in skipped:
             decisions.append({"stage": stage, "decision": "skipped"})
             continue
@@ -458,11 +462,6 @@ def format_lineage(lineage: Lineage, full: bool = False) -> str:
 
 # -- command line ----------------------------------------------------------------------------------------------
 
-def _fail(message: str, status: int) -> NoReturn:
-    print(message, file=sys.stderr)
-    raise SystemExit(status)
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.explain",
@@ -480,22 +479,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def _explain_command(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     record_id = normalise_id(args.id)
     if record_id is None:
         # A malformed id is a usage error (2), like a bad release path; 1 means a well-formed id is not there.
-        _fail(f"error: {clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)", 2)
+        raise UsageError(f"{clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)")
     try:
         store = open_store(args.release)
     except (StoreError, ValueError, ImportError) as exc:  # an unsupported URI, a bad bucket name
-        _fail(f"error: cannot open release {clean(args.release, 200)}: {_one_line(exc)}", 2)
-    try:
-        lineage = explain(Release(store), record_id, scan_absorbed=not args.no_absorbed)
-    except ReleaseUnreadable as exc:
-        _fail(f"error: {exc}", 2)
+        raise ReleaseUnreadable(f"cannot open release {clean(args.release, 200)}: {_one_line(exc)}") from None
+    lineage = explain(Release(store), record_id, scan_absorbed=not args.no_absorbed)
     if lineage is None:
-        _fail(f"not found: {record_id} is in neither the shards nor the rejects of {clean(args.release, 200)}", 1)
+        raise NotFound(f"{record_id} is in neither the shards nor the rejects of {clean(args.release, 200)}")
     output = (json.dumps(lineage_json(lineage), indent=1, sort_keys=True, ensure_ascii=True) if args.json
               else format_lineage(lineage, full=args.full))
     try:
@@ -504,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # piped into head: not an error; silence the flush at exit
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_explain_command, argv)
 
 
 if __name__ == "__main__":

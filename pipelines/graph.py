@@ -12,17 +12,21 @@ from typing import Any
 
 import apache_beam as beam
 
+from filters.registry import stage_names, stages
 from pipelines.config import PipelineConfig
 from pipelines.progress import CountProgress
-from pipelines.records import SKIPPABLE_STAGES
+from pipelines.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
 from pipelines.release.location import CONTRASTORS_CONFIG_KEY, contrastors_config_bytes, location_for
 from pipelines.release.stats import ReleaseStats
 from pipelines.release import ownership
-from pipelines.release.store import AlreadyExists, StoreError, open_store
+from pipelines.release.store import AlreadyExists, StoreError
+from pipelines.release.stores import open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
                                       summarize_rejects)
-from sources.base import InputFile, RunContext, Source
+from pipelines.report import render_report
+from pipelines.schema import CARD_KEY, REPORT_KEY
+from sources.base import InputFile, Source
 
 
 @dataclass
@@ -32,6 +36,10 @@ class BuildPlan:
     config: PipelineConfig
     inputs: list[InputFile]
     output_uri: str
+    # What rejects may carry, decided once from release.reject_texts; every source and stage gets this one.
+    policy: RejectPolicy
+    # The source's read transform, planned once by the build (inputs validated, units planned).
+    read: beam.PTransform
     skipped: list[str] = field(default_factory=list)
     overwrite: bool = False
     # Everything reproducible the manifest says about the run: project, source, config, inputs, model.
@@ -43,33 +51,22 @@ class BuildPlan:
 
     @property
     def active_stages(self) -> list[str]:
-        return [stage for stage in SKIPPABLE_STAGES if stage not in self.skipped]
+        return [stage for stage in stage_names() if stage not in self.skipped]
 
 
 def stage_transforms(plan: BuildPlan) -> list[tuple[str, beam.PTransform]]:
-    """The active stages in graph order, as (label, transform)."""
-    config, keep_texts, active = plan.config, plan.config.release.reject_texts, plan.active_stages
+    """The active stages in registry order, as (label, transform). Stages that share a step (embed-and-search)
+    become one transform, labelled by the step, where the first of them stands."""
+    active = plan.active_stages
     transforms: list[tuple[str, beam.PTransform]] = []
-    if "normalize" in active:
-        from filters.normalize import Normalize
-
-        transforms.append(("normalize", Normalize(config.normalize, keep_texts)))
-    if "exact_dedup" in active:
-        from filters.exact_dedup import ExactDedup
-
-        transforms.append(("exact_dedup", ExactDedup(config.exact_dedup, keep_texts)))
-    if "minhash" in active:
-        from filters.minhash import MinHashDedup
-
-        transforms.append(("minhash", MinHashDedup(config.minhash, keep_texts)))
-    if "consistency" in active or "negatives" in active:
-        from filters.consistency import EmbeddingStages
-
-        transforms.append(("embedding", EmbeddingStages(
-            config.embedding,
-            config.consistency if "consistency" in active else None,
-            config.negatives if "negatives" in active else None,
-            keep_texts)))
+    for stage in stages():
+        if stage.name not in active:
+            continue
+        if stage.shared is None:
+            transforms.append((stage.name, stage.transform(plan.config, plan.policy)))
+        elif stage.shared.name not in {label for label, _ in transforms}:
+            members = tuple(other.name for other in stages() if other.shared == stage.shared and other.name in active)
+            transforms.append((stage.shared.name, stage.shared.transform(plan.config, plan.policy, members)))
     return transforms
 
 
@@ -113,13 +110,13 @@ class _Finalize(beam.DoFn):
         report_html = _render_report(draft, samples, stats, self.license_id, self.attribution)
         if report_html is not None:
             report_bytes = report_html.encode("utf-8")
-            store.put_bytes("report.html", report_bytes, content_type="text/html; charset=utf-8")
-            files.append(file_entry("report.html", report_bytes))
+            store.put_bytes(REPORT_KEY, report_bytes, content_type="text/html; charset=utf-8")
+            files.append(file_entry(REPORT_KEY, report_bytes))
         card_bytes = card.render_card(draft, license_id=self.license_id, attribution=self.attribution,
                                       pretty_name=self.pretty_name, has_report=report_html is not None
                                       ).encode("utf-8")
-        store.put_bytes("README.md", card_bytes, content_type="text/markdown; charset=utf-8")
-        files.append(file_entry("README.md", card_bytes))
+        store.put_bytes(CARD_KEY, card_bytes, content_type="text/markdown; charset=utf-8")
+        files.append(file_entry(CARD_KEY, card_bytes))
         final = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
                                             files=files, location=location)
@@ -187,11 +184,8 @@ def empty_input_warnings(input_outcomes) -> list[str]:
 
 
 def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
-                   license_id: str, attribution: str) -> str | None:
-    try:
-        from pipelines.report import render_report
-    except ImportError:
-        return None
+                   license_id: str, attribution: str) -> str:
+    # matplotlib is a dependency: a missing one fails the build loudly instead of dropping report.html.
     return render_report(draft_manifest, samples, stats, license_id=license_id, attribution=attribution)
 
 
@@ -203,9 +197,7 @@ def _count_by(pcoll, label: str, key_fn):
 
 def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     """Adds the whole build to ``pipeline``; returns the PCollection holding the final manifest."""
-    context = RunContext(source_name=plan.source.name, reject_texts=plan.config.release.reject_texts,
-                         max_extracted_bytes=plan.config.download.max_extracted_bytes)
-    read = pipeline | "Read" >> plan.source.read(plan.inputs, plan.source_config, context)
+    read = pipeline | "Read" >> plan.read
     pairs = read["pairs"]
     reject_parts = [read["rejects"]]
     # Rows that could not be read are rejects on disk but not pair candidates: the funnel leaves them out and

@@ -23,7 +23,8 @@ from pipelines.release import ownership
 from pipelines.release.location import LocationError, location_for
 from pipelines.release.manifest import MANIFEST_KEY, release_keys
 from pipelines.release.relocate import relocate
-from pipelines.release.store import AlreadyExists, StoreError, open_store, sha256_file
+from pipelines.release.store import AlreadyExists, StoreError, sha256_file
+from pipelines.release.stores import open_store
 from pipelines.release.writer import JSON, json_bytes
 
 

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, Iterable
 
-# Stages that can be left out with --skip, in graph order. "read" and "release" cannot be skipped.
+from pipelines.schema import PAIR_LINE_KEYS, REJECT_LINE_KEYS
+
+# The built-in stages in graph order, for the release readers (explain, report). The build and the graph know
+# stages only through filters.registry (tests/test_stage_registry.py checks the two agree).
 SKIPPABLE_STAGES = ("normalize", "exact_dedup", "minhash", "consistency", "negatives")
 ALL_STAGES = ("read",) + SKIPPABLE_STAGES
 
-REQUIRED_RELEASE_KEYS = ("id", "query", "document", "negatives", "metadata", "dataset", "source", "provenance",
-                         "scores")
-REQUIRED_REJECT_KEYS = ("id", "dataset", "stage", "reason", "detail")
+REQUIRED_RELEASE_KEYS = PAIR_LINE_KEYS
+REQUIRED_REJECT_KEYS = REJECT_LINE_KEYS
 
 _ID_HEX_CHARS = 32  # 128 bits: collisions are out of reach for billions of pairs
 
@@ -59,9 +62,28 @@ def new_pair(*, dataset: str, source: str, query: str, document: str, provenance
     }
 
 
+# Bounded: a 50 MB garbage line must not become a 50 MB reject line.
+RAW_REJECT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class RejectPolicy:
+    """What a reject may carry, decided once from the configuration (``release.reject_texts``) and handed to
+    every source and stage. It has no default on purpose: code that forgets it fails with a TypeError instead
+    of writing texts into rejects that were configured away."""
+
+    keep_texts: bool
+    raw_chars: int
+
+    @classmethod
+    def from_config(cls, release: Any) -> "RejectPolicy":
+        """From the ``release`` section of the configuration."""
+        return cls(keep_texts=bool(release.reject_texts), raw_chars=RAW_REJECT_CHARS)
+
+
 def make_reject(pair: dict[str, Any], *, stage: str, reason: str, detail: dict[str, Any] | None = None,
-                keep_texts: bool = True) -> dict[str, Any]:
-    """A reject line for a dropped pair. ``keep_texts=False`` keeps only ids and provenance."""
+                policy: RejectPolicy) -> dict[str, Any]:
+    """A reject line for a dropped pair; without ``policy.keep_texts`` only ids and provenance."""
     reject = {
         "id": pair.get("id", ""),
         "dataset": pair.get("dataset", ""),
@@ -71,19 +93,23 @@ def make_reject(pair: dict[str, Any], *, stage: str, reason: str, detail: dict[s
         "detail": detail or {},
         "provenance": pair.get("provenance", {}),
     }
-    if keep_texts:
+    if policy.keep_texts:
         reject["query"] = pair.get("query", "")
         reject["document"] = pair.get("document", "")
     return reject
 
 
 def make_input_reject(*, dataset: str, source: str, provenance: dict[str, Any], reason: str,
-                      detail: dict[str, Any] | None = None, raw: str | None = None) -> dict[str, Any]:
+                      detail: dict[str, Any] | None = None, raw: str | None = None,
+                      policy: RejectPolicy) -> dict[str, Any]:
     """A reject for an input row that never became a pair (malformed, missing field, ...).
 
-    Its id is a hash of where it came from (and its raw text when there is one), so it is as stable as a
-    pair id.
+    Its id is a hash of where it came from (and its raw text when the policy keeps it), so it is as stable as
+    a pair id. The raw text is kept only when ``policy.keep_texts``, and then only its first
+    ``policy.raw_chars`` characters.
     """
+    if not policy.keep_texts:
+        raw = None
     ref = json.dumps(provenance, sort_keys=True, ensure_ascii=True)
     reject = {
         "id": content_hash("reject", dataset, ref, raw or ""),
@@ -95,8 +121,7 @@ def make_input_reject(*, dataset: str, source: str, provenance: dict[str, Any], 
         "provenance": provenance,
     }
     if raw is not None:
-        # Bounded: a 50 MB garbage line must not become a 50 MB reject line.
-        reject["raw"] = raw[:2000]
+        reject["raw"] = raw[:policy.raw_chars]
     return reject
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -38,7 +37,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipelines.build import UsageError, _quiet_logging, fail, make_parser, plan_build
+from pipelines.build import make_parser, plan_build
+from pipelines.cli import quiet_logging, refuse_secret_options, run_command
+from pipelines.errors import UsageError
 
 # Stand-ins for the Google Cloud options a Dataflow job requires, used when the command line has none: the
 # description is complete and readable, and the names say what to replace before a real submission.
@@ -48,9 +49,6 @@ PLACEHOLDER_OPTIONS = {
     "temp_location": "gs://replace-with-bucket/tmp",
 }
 
-# Pipeline options whose value is a credential: never allowed into a job description.
-_SECRET_OPTION = re.compile(r"secret|token|password|passwd|access_key|connection_string|private_key|credential",
-                            re.IGNORECASE)
 # Environment variables whose values must never appear in what is written (checked after writing).
 SECRET_ENV_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "AZURE_STORAGE_KEY",
                    "AZURE_STORAGE_CONNECTION_STRING", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "GOOGLE_API_KEY")
@@ -83,18 +81,6 @@ Beam options are passed on as for `python -m pipelines.build`; --runner defaults
                         help="where to write the job description (JSON); the Beam pipeline goes next to it "
                              "as FILE_STEM.pipeline.json and the staged files under FILE_STEM.staging/")
     return parser
-
-
-def refuse_secret_options(beam_args: list[str]) -> None:
-    """Raise UsageError for a pipeline option that would carry a credential into the job."""
-    for arg in beam_args:
-        if not arg.startswith("--"):
-            continue
-        name = arg[2:].split("=", 1)[0]
-        if _SECRET_OPTION.search(name):
-            raise UsageError(f"pipeline option --{name} would write a credential into the job description; "
-                             "give S3 keys to the workers through their environment (AWS_* variables or a "
-                             "profile), never as options")
 
 
 def secret_values(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -247,21 +233,23 @@ def translate(argv: list[str]) -> dict[str, Any]:
             "staged_files": [str(p.relative_to(staging_dir)) for p in written[2:]]}
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    _quiet_logging()
+def _translate_command(argv: list[str]) -> int:
+    quiet_logging()
     try:
         summary = translate(argv)
-    except UsageError as exc:
-        fail(str(exc))
     except (ValueError, RuntimeError, OSError) as exc:
         # Option validation and staging raise these with the reason on the first line.
-        fail(f"cannot translate: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}")
+        raise UsageError(f"cannot translate: {(str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]}"
+                         ) from None
     print(f"Dataflow job {summary['job_name']}: {summary['transforms']} transforms; stages: "
           f"{', '.join(summary['stages']) or 'none'}; writes {summary['output']}", file=sys.stderr)
     print(f"  job description: {summary['job']}\n  pipeline graph:  {summary['pipeline']}\n"
           f"  staged files:    {summary['staging']}/ ({len(summary['staged_files'])})", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_translate_command, argv)
 
 
 if __name__ == "__main__":

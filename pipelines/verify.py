@@ -49,15 +49,17 @@ from typing import Any, Iterator, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
+from pipelines.cli import run_command
+from pipelines.errors import PairCurationError, UsageError
 from pipelines.records import dumps_line
 from pipelines.release.bounded import (INDEX_BYTES_PER_ROW, INDEX_BYTES_PER_SHARD, INDEX_SLACK_BYTES, MAX_MANIFEST_BYTES,
                                       ObjectTooLarge, get_bounded, gunzip_bounded, gzip_lines)
 from pipelines.release.location import (CONTRASTORS_CONFIG_KEY, LocationError, contrastors_config_bytes, index_key,
                                         location_for)
-from pipelines.release.store import ReleaseStore, StoreError, open_store
+from pipelines.release.store import ReleaseStore, StoreError
+from pipelines.release.stores import open_store
+from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
 
-MANIFEST_KEY = "manifest.json"
-RELEASE_FORMAT = "pair-curation/release-v1"
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -93,7 +95,7 @@ class RejectsEntry(_Strict):
 
 
 class Manifest(_Strict):
-    format: Literal["pair-curation/release-v1"]
+    format: Literal[RELEASE_FORMAT]
     # Where the index files' keys resolve: "" (read from the release folder) or s3://bucket[/prefix].
     location: StrictStr = ""
     datasets: dict[str, DatasetEntry]
@@ -177,7 +179,7 @@ def _first_error(error: ValidationError) -> str:
 
 # -- the checks -----------------------------------------------------------------------------------------------
 
-class ObjectFailure(Exception):
+class ObjectFailure(PairCurationError):
     """The first thing found wrong with one object."""
 
 
@@ -542,10 +544,9 @@ class ReleaseVerifier:
 # -- --rebuild: the same build again, from the recorded inputs and configuration --------------------------------
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RUN_RECORD_PREFIX = "runs/"
 
 
-class RebuildError(Exception):
+class RebuildError(UsageError):
     """The rebuild cannot run (inputs not found, a manifest it cannot use, the build failing): one line."""
 
 
@@ -786,7 +787,7 @@ def verify_release(uri: str, sample: int | None = None, seed: int | None = None)
     return ReleaseVerifier(open_store(uri), sample=sample, seed=seed).run().lines()
 
 
-def main(argv: list[str] | None = None) -> int:
+def _verify_command(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.verify",
                                      description="Re-check a published release against its manifest.")
     parser.add_argument("release", help="a release folder or s3://bucket/prefix")
@@ -809,12 +810,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--input and --rebuild-dir go with --rebuild")
     if args.sample is not None and args.sample < 0:
         parser.error("--sample must be 0 or more")
-    try:
-        store = open_store(args.release)
-        report = ReleaseVerifier(store, sample=args.sample, seed=args.seed, workers=args.workers).run()
-    except StoreError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    store = open_store(args.release)
+    report = ReleaseVerifier(store, sample=args.sample, seed=args.seed, workers=args.workers).run()
     for line in report.lines():
         print(f"FAIL {store.uri_for(line)}")
     rebuild_lines: list[str] = []
@@ -823,8 +820,7 @@ def main(argv: list[str] | None = None) -> int:
             rebuild_lines = rebuild_release(store, overrides=args.input, beam_args=beam_args,
                                             workdir=args.rebuild_dir, log=lambda line: print(line, file=sys.stderr))
         except (RebuildError, StoreError) as error:
-            print(f"error: rebuild: {error}", file=sys.stderr)
-            return 2
+            raise RebuildError(f"rebuild: {error}") from None
         for line in rebuild_lines:
             print(f"FAIL rebuild: {line}")
     if report.failures:
@@ -837,6 +833,10 @@ def main(argv: list[str] | None = None) -> int:
     rebuilt = "; the rebuild gives the same files" if args.rebuild else ""
     print(f"OK {store.uri}: {report.objects_checked} objects, {report.rows_checked} rows checked{scope}{rebuilt}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_command(_verify_command, argv)
 
 
 if __name__ == "__main__":

@@ -214,7 +214,7 @@ def plan(inputs, config: AmazonConfig, context=None) -> list[FileUnit]:
 def read(inputs, source_config: AmazonConfig, context):
     units = plan(inputs, source_config, context)
     return ReadLines(units, NAME, AmazonRows(source_config), max_line_bytes=source_config.max_line_bytes,
-                     keep_texts=getattr(context, "reject_texts", True))
+                     policy=context.policy)
 
 
 default_inputs = inputs_from_urls(NAME)

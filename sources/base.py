@@ -21,8 +21,11 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
+from pipelines.errors import UsageError
+from pipelines.records import RejectPolicy
 
-class InputError(Exception):
+
+class InputError(UsageError):
     """An unreadable or missing input, an unknown format: one line naming the path."""
 
 
@@ -48,7 +51,7 @@ class RunContext:
     """What a source or stage may need to know about the run besides its own config."""
 
     source_name: str
-    reject_texts: bool = True
+    policy: RejectPolicy
     # How many bytes one archive member given as input may unpack to (download.max_extracted_bytes).
     max_extracted_bytes: int = 64 << 30
     extra: dict[str, Any] = field(default_factory=dict)

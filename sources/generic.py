@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import apache_beam as beam
 from pydantic import Field, field_validator
 
+from pipelines.records import RejectPolicy
 from sources.base import InputError, InputFile, Source
 from sources.readers import (inputs_from_urls, MISSING, PAIR, REJECT, CreateUnits, Emitter, EmitOutcomes, FileUnit, Outcome, RawLine,
                              ReadLines, ReadSection, combine, decompressed_head, get_path, note_skipped, open_raw,
@@ -213,12 +214,12 @@ def plan_arrow(item: InputFile, config: GenericSection, dataset: str, extra: tup
 
 
 def read_columnar_unit(unit: FileUnit, source: str, rows: PairRows, *, batch_rows: int = 1024,
-                       keep_texts: bool = True, rows_counter=None) -> Iterable[Outcome]:
+                       policy: RejectPolicy, rows_counter=None) -> Iterable[Outcome]:
     """The rows of a Parquet row group or an Arrow file -> outcomes; a read failure leaves one reject."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    emitter = Emitter(unit, source, keep_texts)
+    emitter = Emitter(unit, source, policy)
     error = unit.option("error")
     if error is not None:
         yield emitter.reject(unit.option("reason", "corrupt_input"), record=unit.name, detail={"error": error})
@@ -254,47 +255,43 @@ def read_columnar_unit(unit: FileUnit, source: str, rows: PairRows, *, batch_row
 
 
 class _ReadColumnarFn(EmitOutcomes):
-    def __init__(self, source: str, rows: PairRows, batch_rows: int, keep_texts: bool):
+    def __init__(self, source: str, rows: PairRows, batch_rows: int, policy: RejectPolicy):
         super().__init__(source)
         self.rows = rows
         self.batch_rows = batch_rows
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def process(self, unit: FileUnit):
         yield from self.emit(read_columnar_unit(unit, self.source, self.rows, batch_rows=self.batch_rows,
-                                                keep_texts=self.keep_texts, rows_counter=self.rows_counter))
+                                                policy=self.policy, rows_counter=self.rows_counter))
 
 
 class ReadColumnar(beam.PTransform):
     def __init__(self, units: list[FileUnit], source: str, rows: PairRows, *, batch_rows: int = 1024,
-                 keep_texts: bool = True):
+                 policy: RejectPolicy):
         super().__init__()
         self.units = units
         self.source = source
         self.rows = rows
         self.batch_rows = batch_rows
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def expand(self, root):
         read = (root
                 | "Units" >> CreateUnits(self.units)
                 | "ReadRows" >> beam.ParDo(_ReadColumnarFn(self.source, self.rows, self.batch_rows,
-                                                           self.keep_texts)).with_outputs(REJECT, main=PAIR))
+                                                           self.policy)).with_outputs(REJECT, main=PAIR))
         return split_result(read)
 
     def run_local(self):
         """The same outcomes in this process, without Beam (tests, debugging)."""
         for unit in self.units:
             yield from read_columnar_unit(unit, self.source, self.rows, batch_rows=self.batch_rows,
-                                          keep_texts=self.keep_texts)
+                                          policy=self.policy)
 
 
 # --------------------------------------------------------------------------------------------------------------
 # jsonl, parquet.
-
-def _keep_texts(context) -> bool:
-    return getattr(context, "reject_texts", True)
-
 
 def _jsonl_units(item: InputFile, config: GenericSection, dataset: str, extra: tuple = ()) -> list[FileUnit]:
     head, compression = decompressed_head(item.uri, 256 * 1024)
@@ -316,7 +313,7 @@ def read_jsonl(inputs, source_config: JsonlConfig, context):
     if not units:
         raise InputError("--source jsonl: every input is a documentation file; nothing to read")
     return ReadLines(units, "jsonl", JsonLines(source_config), max_line_bytes=source_config.max_line_bytes,
-                     keep_texts=_keep_texts(context))
+                     policy=context.policy)
 
 
 def read_parquet(inputs, source_config: ParquetConfig, context):
@@ -331,7 +328,7 @@ def read_parquet(inputs, source_config: ParquetConfig, context):
     if not units:
         raise InputError("--source parquet: no Parquet files among the inputs")
     return ReadColumnar(units, "parquet", PairRows(source_config), batch_rows=source_config.batch_rows,
-                        keep_texts=_keep_texts(context))
+                        policy=context.policy)
 
 
 _download_defaults = inputs_from_urls
@@ -425,11 +422,11 @@ def read_hf(inputs, source_config: HfConfig, context):
     if columnar:
         parts.append(("Columnar", ReadColumnar(columnar, "hf", PairRows(source_config),
                                                batch_rows=source_config.batch_rows,
-                                               keep_texts=_keep_texts(context))))
+                                               policy=context.policy)))
     if lines:
         parts.append(("JsonLines", ReadLines(lines, "hf", JsonLines(source_config),
                                              max_line_bytes=source_config.max_line_bytes,
-                                             keep_texts=_keep_texts(context))))
+                                             policy=context.policy)))
     if not parts:
         raise InputError("--source hf: no data files among the inputs")
     return combine(parts)

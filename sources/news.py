@@ -308,19 +308,19 @@ def plan(inputs, config: NewsConfig, context=None) -> dict[str, list[FileUnit]]:
 
 def read(inputs, source_config: NewsConfig, context):
     groups = plan(inputs, source_config, context)
-    keep_texts = getattr(context, "reject_texts", True)
+    policy = context.policy
     parts = []
     if groups["csv"]:
         parts.append(("AgNews", ReadCsv(groups["csv"], NAME, AgNewsRows(source_config),
                                         max_line_bytes=source_config.max_line_bytes,
-                                        max_field_chars=source_config.max_field_chars, keep_texts=keep_texts)))
+                                        max_field_chars=source_config.max_field_chars, policy=policy)))
     if groups["files"]:
         parts.append(("Articles", ReadWholeFiles(groups["files"], NAME, ArticleFiles(source_config),
-                                                 max_file_bytes=source_config.max_file_bytes, keep_texts=keep_texts,
+                                                 max_file_bytes=source_config.max_file_bytes, policy=policy,
                                                  fallback_encoding=source_config.fallback_encoding)))
     if groups["lines"]:
         parts.append(("CcNews", ReadLines(groups["lines"], NAME, CcNewsRows(source_config),
-                                          max_line_bytes=source_config.max_line_bytes, keep_texts=keep_texts)))
+                                          max_line_bytes=source_config.max_line_bytes, policy=policy)))
     return combine(parts)
 
 

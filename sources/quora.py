@@ -140,7 +140,7 @@ def read(inputs, source_config: QuoraConfig, context):
     units = plan(inputs, source_config, context)
     return ReadCsv(units, NAME, QuoraRows(source_config), max_line_bytes=source_config.max_line_bytes,
                    max_field_chars=source_config.max_field_chars,
-                   keep_texts=getattr(context, "reject_texts", True))
+                   policy=context.policy)
 
 
 default_inputs = inputs_from_urls(NAME)

@@ -37,7 +37,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from pydantic import Field
 
-from pipelines.records import make_input_reject, make_reject, new_pair
+from pipelines.errors import PairCurationError
+from pipelines.metrics import StageMetrics
+from pipelines.records import RejectPolicy, make_input_reject, make_reject, new_pair
 from sources.base import InputError, InputFile, SourceSection, decode_text
 
 log = logging.getLogger(__name__)
@@ -529,11 +531,11 @@ class FileUnit:
 
 @dataclass
 class Emitter:
-    """Builds the outcomes for rows of one unit (pairs, read rejects), honouring reject_texts."""
+    """Builds the outcomes for rows of one unit (pairs, read rejects), honouring the reject policy."""
 
     unit: FileUnit
     source: str
-    keep_texts: bool = True
+    policy: RejectPolicy
 
     def pair(self, *, query: str, document: str, record: str, ref: str | None = None, dataset: str | None = None,
              **extra: Any) -> Outcome:
@@ -546,14 +548,14 @@ class Emitter:
     def filtered(self, pair_outcome: Outcome, reason: str, detail: dict[str, Any] | None = None) -> Outcome:
         """A row that parsed into a pair but is left out by design (not a duplicate, boilerplate title)."""
         return REJECT, make_reject(pair_outcome[1], stage=STAGE, reason=reason, detail=detail,
-                                   keep_texts=self.keep_texts)
+                                   policy=self.policy)
 
     def reject(self, reason: str, *, record: str, detail: dict[str, Any] | None = None, raw: str | None = None,
                dataset: str | None = None, **extra: Any) -> Outcome:
         provenance = self.unit.provenance(record, **extra)
         return REJECT, make_input_reject(dataset=dataset or self.unit.dataset, source=self.source,
                                          provenance=provenance, reason=reason, detail=detail,
-                                         raw=raw if self.keep_texts else None)
+                                         raw=raw, policy=self.policy)
 
     def raw_line_reject(self, raw: RawLine, reason: str, detail: dict[str, Any] | None = None) -> Outcome:
         return self.reject(reason, record=f"{self.unit.name}:{raw.line}", detail=detail,
@@ -566,17 +568,15 @@ class EmitOutcomes(beam.DoFn):
     def __init__(self, source: str):
         self.source = source
         self.rows_counter = Metrics.counter(STAGE, "rows")
-        self.pairs_counter = Metrics.counter(STAGE, "pairs")
-        self.rejects_counter = Metrics.counter(STAGE, "rejects")
+        self.metrics = StageMetrics(STAGE)
 
     def emit(self, outcomes: Iterable[Outcome]):
         for kind, record in outcomes:
             if kind == PAIR:
-                self.pairs_counter.inc()
+                self.metrics.passed()
                 yield record
             else:
-                self.rejects_counter.inc()
-                Metrics.counter(STAGE, f"reject.{record['reason']}").inc()
+                self.metrics.dropped(record["reason"])
                 yield beam.pvalue.TaggedOutput(REJECT, record)
 
 
@@ -643,23 +643,23 @@ class _CountRangeLines(beam.DoFn):
 
 
 class _ReadLinesFn(EmitOutcomes):
-    def __init__(self, source: str, parse: LineParser, max_line_bytes: int, keep_texts: bool):
+    def __init__(self, source: str, parse: LineParser, max_line_bytes: int, policy: RejectPolicy):
         super().__init__(source)
         self.parse = parse
         self.max_line_bytes = max_line_bytes
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def process(self, unit: FileUnit, range_counts):
         first_line = 1 + sum(range_counts[(unit.uri, index)] for index in range(unit.index))
         yield from self.emit(read_line_unit(unit, self.source, self.parse, first_line=first_line,
-                                            max_line_bytes=self.max_line_bytes, keep_texts=self.keep_texts,
+                                            max_line_bytes=self.max_line_bytes, policy=self.policy,
                                             rows_counter=self.rows_counter))
 
 
 def read_line_unit(unit: FileUnit, source: str, parse: LineParser, *, first_line: int = 1,
-                   max_line_bytes: int = 4 * MiB, keep_texts: bool = True, rows_counter=None) -> Iterator[Outcome]:
+                   max_line_bytes: int = 4 * MiB, policy: RejectPolicy, rows_counter=None) -> Iterator[Outcome]:
     """Outcomes of one line-based unit: blank lines are not rows; every other line gives one outcome."""
-    emitter = Emitter(unit, source, keep_texts)
+    emitter = Emitter(unit, source, policy)
     for raw in iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
                           first_line=first_line, max_line_bytes=max_line_bytes):
         if raw.problem is not None:
@@ -680,13 +680,13 @@ class ReadLines(beam.PTransform):
     """Line-based units -> {"pairs", "rejects"}; ranges of split files are numbered exactly (see module doc)."""
 
     def __init__(self, units: list[FileUnit], source: str, parse: LineParser, *, max_line_bytes: int,
-                 keep_texts: bool = True):
+                 policy: RejectPolicy):
         super().__init__()
         self.units = units
         self.source = source
         self.parse = parse
         self.max_line_bytes = max_line_bytes
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def expand(self, root):
         split = [unit for unit in self.units if unit.ranges > 1 and unit.index < unit.ranges - 1]
@@ -696,7 +696,7 @@ class ReadLines(beam.PTransform):
         read = (root
                 | "Units" >> CreateUnits(self.units)
                 | "ReadLines" >> beam.ParDo(_ReadLinesFn(self.source, self.parse, self.max_line_bytes,
-                                                         self.keep_texts),
+                                                         self.policy),
                                             beam.pvalue.AsDict(counts)).with_outputs(REJECT, main=PAIR))
         return split_result(read)
 
@@ -709,7 +709,7 @@ class ReadLines(beam.PTransform):
         for unit in self.units:
             first_line = 1 + sum(counts[(unit.uri, index)] for index in range(unit.index))
             yield from read_line_unit(unit, self.source, self.parse, first_line=first_line,
-                                      max_line_bytes=self.max_line_bytes, keep_texts=self.keep_texts)
+                                      max_line_bytes=self.max_line_bytes, policy=self.policy)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -730,19 +730,19 @@ class CsvRow:
 CsvParser = Callable[[CsvRow, Emitter], Iterable[Outcome]]
 
 
-class _RecordTooLong(Exception):
+class _RecordTooLong(PairCurationError):
     """Raised inside the CSV feed: the record being parsed has grown past max_line_bytes."""
 
 
 def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: str = ",", skip_header: bool = False,
                   max_line_bytes: int = 4 * MiB, max_field_chars: int = 200_000,
-                  keep_texts: bool = True, rows_counter=None) -> Iterator[Outcome]:
+                  policy: RejectPolicy, rows_counter=None) -> Iterator[Outcome]:
     """The records of a CSV/TSV file (quoted fields, ``""`` escapes, newlines inside quotes) -> outcomes.
 
     Bad physical lines (oversized, truncated stream) become rejects and are not fed to the CSV parser; a record
     with invalid UTF-8 or a NUL byte, or one the CSV parser refuses, is rejected with its line numbers.
     """
-    emitter = Emitter(unit, source, keep_texts)
+    emitter = Emitter(unit, source, policy)
     problems: list[RawLine] = []
     fed_lines: deque[int] = deque()  # physical line numbers of the lines fed and not yet consumed
     record_bytes = [0]  # bytes of those lines (one record: the csv module never reads ahead)
@@ -836,38 +836,38 @@ def read_csv_unit(unit: FileUnit, source: str, parse: CsvParser, *, delimiter: s
 
 
 class _ReadCsvFn(EmitOutcomes):
-    def __init__(self, source: str, parse: CsvParser, max_line_bytes: int, max_field_chars: int, keep_texts: bool):
+    def __init__(self, source: str, parse: CsvParser, max_line_bytes: int, max_field_chars: int, policy: RejectPolicy):
         super().__init__(source)
         self.parse = parse
         self.max_line_bytes = max_line_bytes
         self.max_field_chars = max_field_chars
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def process(self, unit: FileUnit):
         yield from self.emit(read_csv_unit(
             unit, self.source, self.parse, delimiter=unit.option("delimiter", ","),
             skip_header=unit.option("header", False), max_line_bytes=self.max_line_bytes,
-            max_field_chars=self.max_field_chars, keep_texts=self.keep_texts, rows_counter=self.rows_counter))
+            max_field_chars=self.max_field_chars, policy=self.policy, rows_counter=self.rows_counter))
 
 
 class ReadCsv(beam.PTransform):
     """CSV/TSV files -> {"pairs", "rejects"}. Quoted fields may hold newlines, so a file is read whole."""
 
     def __init__(self, units: list[FileUnit], source: str, parse: CsvParser, *, max_line_bytes: int,
-                 max_field_chars: int, keep_texts: bool = True):
+                 max_field_chars: int, policy: RejectPolicy):
         super().__init__()
         self.units = units
         self.source = source
         self.parse = parse
         self.max_line_bytes = max_line_bytes
         self.max_field_chars = max_field_chars
-        self.keep_texts = keep_texts
+        self.policy = policy
 
     def expand(self, root):
         read = (root
                 | "Units" >> CreateUnits(self.units)
                 | "ReadCsv" >> beam.ParDo(_ReadCsvFn(self.source, self.parse, self.max_line_bytes,
-                                                     self.max_field_chars, self.keep_texts)
+                                                     self.max_field_chars, self.policy)
                                           ).with_outputs(REJECT, main=PAIR))
         return split_result(read)
 
@@ -876,7 +876,7 @@ class ReadCsv(beam.PTransform):
         for unit in self.units:
             yield from read_csv_unit(unit, self.source, self.parse, delimiter=unit.option("delimiter", ","),
                                      skip_header=unit.option("header", False), max_line_bytes=self.max_line_bytes,
-                                     max_field_chars=self.max_field_chars, keep_texts=self.keep_texts)
+                                     max_field_chars=self.max_field_chars, policy=self.policy)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -886,8 +886,8 @@ FileParser = Callable[[str, Emitter], Iterable[Outcome]]
 
 
 def read_whole_unit(unit: FileUnit, source: str, parse: FileParser, *, max_file_bytes: int,
-                    keep_texts: bool = True, fallback_encoding: str | None = None) -> Iterator[Outcome]:
-    emitter = Emitter(unit, source, keep_texts)
+                    policy: RejectPolicy, fallback_encoding: str | None = None) -> Iterator[Outcome]:
+    emitter = Emitter(unit, source, policy)
     handle = open_raw(unit.uri)
     compression = unit.compression
     if compression == "none":  # not sniffed when planning (there may be 300,000 such files): look here
@@ -932,38 +932,38 @@ def read_whole_unit(unit: FileUnit, source: str, parse: FileParser, *, max_file_
 
 
 class _ReadWholeFn(EmitOutcomes):
-    def __init__(self, source: str, parse: FileParser, max_file_bytes: int, keep_texts: bool,
+    def __init__(self, source: str, parse: FileParser, max_file_bytes: int, policy: RejectPolicy,
                  fallback_encoding: str | None):
         super().__init__(source)
         self.parse = parse
         self.max_file_bytes = max_file_bytes
-        self.keep_texts = keep_texts
+        self.policy = policy
         self.fallback_encoding = fallback_encoding
 
     def process(self, unit: FileUnit):
         self.rows_counter.inc()
         yield from self.emit(read_whole_unit(unit, self.source, self.parse, max_file_bytes=self.max_file_bytes,
-                                             keep_texts=self.keep_texts, fallback_encoding=self.fallback_encoding))
+                                             policy=self.policy, fallback_encoding=self.fallback_encoding))
 
 
 class ReadWholeFiles(beam.PTransform):
     """One record per file -> {"pairs", "rejects"}."""
 
     def __init__(self, units: list[FileUnit], source: str, parse: FileParser, *, max_file_bytes: int,
-                 keep_texts: bool = True, fallback_encoding: str | None = None):
+                 policy: RejectPolicy, fallback_encoding: str | None = None):
         super().__init__()
         self.units = units
         self.source = source
         self.parse = parse
         self.max_file_bytes = max_file_bytes
-        self.keep_texts = keep_texts
+        self.policy = policy
         self.fallback_encoding = fallback_encoding
 
     def expand(self, root):
         read = (root
                 | "Units" >> CreateUnits(self.units)
                 | "ReadFiles" >> beam.ParDo(_ReadWholeFn(self.source, self.parse, self.max_file_bytes,
-                                                         self.keep_texts, self.fallback_encoding)
+                                                         self.policy, self.fallback_encoding)
                                             ).with_outputs(REJECT, main=PAIR))
         return split_result(read)
 
@@ -971,7 +971,7 @@ class ReadWholeFiles(beam.PTransform):
         """The same outcomes in this process, without Beam (tests, debugging)."""
         for unit in self.units:
             yield from read_whole_unit(unit, self.source, self.parse, max_file_bytes=self.max_file_bytes,
-                                       keep_texts=self.keep_texts, fallback_encoding=self.fallback_encoding)
+                                       policy=self.policy, fallback_encoding=self.fallback_encoding)
 
 
 # --------------------------------------------------------------------------------------------------------------

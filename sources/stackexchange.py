@@ -25,7 +25,7 @@ from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
 from pipelines.progress import Progress, is_quiet
-from pipelines.records import make_input_reject, new_pair
+from pipelines.records import RejectPolicy, make_input_reject, new_pair
 from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources import stackexchange_rows as row_outcomes
@@ -161,14 +161,14 @@ def post_url(post: dict[str, Any]) -> str:
 
 # --- pair kinds (plain functions) ------------------------------------------------------------------------
 
-def title_body_outcome(question: dict[str, Any], keep_texts: bool = True) -> dict[str, Any]:
+def title_body_outcome(question: dict[str, Any], policy: RejectPolicy) -> dict[str, Any]:
     """A question -> its title/body pair, or a reject saying why not."""
     provenance = {"record": post_ref(question), "input": question["input"], "license": question["license"],
                   "url": post_url(question), "site": question["site"], "post_ids": [question["id"]],
                   "tags": question["tags"]}
     if not question["title"] or not question["body"]:
         reason = "missing_title" if not question["title"] else "empty_body"
-        return _question_reject(TITLE_BODY, provenance, reason, {}, question, keep_texts)
+        return _question_reject(TITLE_BODY, provenance, reason, {}, question, policy)
     return new_pair(dataset=TITLE_BODY, source=SOURCE_NAME, query=question["title"], document=question["body"],
                     provenance=provenance)
 
@@ -193,17 +193,17 @@ def choose_answer(question: dict[str, Any], answers: Iterable[dict[str, Any]], m
 
 
 def question_answer_outcome(question: dict[str, Any], answers: Iterable[dict[str, Any]],
-                            config: StackExchangeSourceConfig, keep_texts: bool = True) -> dict[str, Any]:
+                            config: StackExchangeSourceConfig, policy: RejectPolicy) -> dict[str, Any]:
     answer, how = choose_answer(question, answers, config.min_answer_score, config.accepted_answer_min_score)
     provenance = {"record": post_ref(question), "input": question["input"], "license": question["license"],
                   "url": post_url(question), "site": question["site"], "post_ids": [question["id"]],
                   "tags": question["tags"]}
     if answer is None:
         return _question_reject(QUESTION_ANSWER, provenance, how, {"question_id": question["id"]}, question,
-                                keep_texts)
+                                policy)
     query = "\n\n".join(part for part in (question["title"], question["body"]) if part)
     if not query:
-        return _question_reject(QUESTION_ANSWER, provenance, "empty_question", {}, question, keep_texts)
+        return _question_reject(QUESTION_ANSWER, provenance, "empty_question", {}, question, policy)
     provenance.update({
         "record": f"{post_ref(question)}+{answer['id']}",
         "license": combine_licenses(question["license"], answer["license"]),
@@ -217,7 +217,7 @@ def question_answer_outcome(question: dict[str, Any], answers: Iterable[dict[str
 
 
 def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, target: dict[str, Any] | None,
-                      config: StackExchangeSourceConfig, keep_texts: bool = True) -> dict[str, Any]:
+                      config: StackExchangeSourceConfig, policy: RejectPolicy) -> dict[str, Any]:
     """A duplicate link (closed question -> its target) -> a pair, or a reject when either end is absent."""
     record = f"{link['site']}/postlinks/{link['id']}"
     provenance = {"record": record, "input": link["input"], "site": link["site"],
@@ -228,11 +228,11 @@ def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, targe
         if post is None:
             return make_input_reject(dataset=DUPLICATES, source=SOURCE_NAME, provenance=provenance,
                                      reason=f"duplicate_{role}_missing",
-                                     detail={"post_id": post_id, "role": role})
+                                     detail={"post_id": post_id, "role": role}, policy=policy)
         if post["type"] != QUESTION:
             return make_input_reject(dataset=DUPLICATES, source=SOURCE_NAME, provenance=provenance,
                                      reason=f"duplicate_{role}_not_a_question",
-                                     detail={"post_id": post_id, "post_type": post["type"]})
+                                     detail={"post_id": post_id, "post_type": post["type"]}, policy=policy)
 
     def side(post):
         if config.duplicate_text == "title":
@@ -245,10 +245,10 @@ def duplicate_outcome(link: dict[str, Any], closed: dict[str, Any] | None, targe
                     provenance=provenance)
 
 
-def _question_reject(dataset, provenance, reason, detail, question, keep_texts):
+def _question_reject(dataset, provenance, reason, detail, question, policy):
     reject = make_input_reject(dataset=dataset, source=SOURCE_NAME, provenance=provenance, reason=reason,
-                               detail=detail)
-    if keep_texts:
+                               detail=detail, policy=policy)
+    if policy.keep_texts:
         reject["query"] = question.get("title", "")
         reject["document"] = question.get("body", "")
     return reject
@@ -259,9 +259,10 @@ def _question_reject(dataset, provenance, reason, detail, question, keep_texts):
 class _ParsePostsLine(beam.DoFn):
     """(file name, raw line bytes) -> posts on the main output, rejects on "rejects"."""
 
-    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str,
+    def __init__(self, max_row_bytes: int, names: dict[str, str], line_kind: str, policy: RejectPolicy,
                  sites: dict[str, str] | None = None):
         self.max_row_bytes = max_row_bytes
+        self.policy = policy
         self.names = names  # full uri -> release-stable name
         self.sites = sites or {}  # release-stable name -> site, decided before the run (stackexchange_layout)
         self.line_kind = line_kind  # "posts" or "links"
@@ -283,21 +284,22 @@ class _ParsePostsLine(beam.DoFn):
                 provenance["lines"] = f"{detail['first_line']}-{detail['last_line']}"
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                 dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, detail=detail,
-                raw=raw[:200].decode("utf-8", "replace")))
+                raw=raw[:200].decode("utf-8", "replace"), policy=self.policy))
             return
         text, decode_error = decode_text(raw)
         if decode_error:
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                 dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="invalid_utf8",
-                detail={"error": decode_error}, raw=raw[:200].decode("utf-8", "replace")))
+                detail={"error": decode_error}, raw=raw[:200].decode("utf-8", "replace"), policy=self.policy))
             return
         attributes, reason = parse_row(text, self.max_row_bytes)
         if attributes is None:
             if reason is not None:
                 self.bad_rows.inc()
                 yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
-                    dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, raw=text[:2000]))
+                    dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, raw=text[:2000],
+                    policy=self.policy))
             return
         self.rows.inc()
         if self.line_kind == "links":
@@ -308,7 +310,8 @@ class _ParsePostsLine(beam.DoFn):
         if not attributes.get("Id"):
             self.bad_rows.inc()
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
-                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="missing_id", raw=text[:2000]))
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason="missing_id", raw=text[:2000],
+                policy=self.policy))
             return
         yield post_from_row(attributes, site, name)
 
@@ -320,9 +323,10 @@ class _ReadArchive(beam.DoFn):
     "../../etc/passwd" member name cannot write outside the temp folder); other members are not extracted.
     """
 
-    def __init__(self, wanted: str, max_row_bytes: int, max_extracted_bytes: int = 64 << 30):
+    def __init__(self, wanted: str, max_row_bytes: int, policy: RejectPolicy, max_extracted_bytes: int = 64 << 30):
         self.wanted = wanted  # "Posts.xml" or "PostLinks.xml"
         self.max_row_bytes = max_row_bytes
+        self.policy = policy
         self.max_extracted_bytes = max_extracted_bytes
 
     def process(self, archive_uri: str) -> Iterator[tuple[str, bytes]]:
@@ -344,7 +348,7 @@ class _ReadArchive(beam.DoFn):
                             dataset=POSTS, source=SOURCE_NAME,
                             provenance={"record": f"{os.path.basename(archive_uri)}!{name[:200]}",
                                         "input": os.path.basename(archive_uri)},
-                            reason=reason, detail=dict(detail, member=name[:300])))
+                            reason=reason, detail=dict(detail, member=name[:300]), policy=self.policy))
                     if chosen is None:
                         return
                     archive.extract(targets=[chosen], factory=_SingleFileFactory(target, self.max_extracted_bytes))
@@ -354,14 +358,15 @@ class _ReadArchive(beam.DoFn):
                     provenance={"record": f"{os.path.basename(archive_uri)}!{self.wanted}",
                                 "input": os.path.basename(archive_uri)},
                     reason="archive_member_too_large", detail={"limit_bytes": exc.limit,
-                                                               "setting": "download.max_extracted_bytes"}))
+                                                               "setting": "download.max_extracted_bytes"},
+                    policy=self.policy))
                 return
             except Exception as exc:  # py7zr raises many types for corrupt or truncated archives
                 yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                     dataset=POSTS, source=SOURCE_NAME,
                     provenance={"record": os.path.basename(archive_uri), "input": os.path.basename(archive_uri)},
                     reason="unreadable_archive", detail={"error": str(exc).splitlines()[0][:300] if str(exc)
-                                                         else type(exc).__name__}))
+                                                         else type(exc).__name__}, policy=self.policy))
                 return
             if not os.path.exists(target):
                 return
@@ -521,10 +526,10 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
 
 
 def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int,
-                   max_extracted_bytes: int = 64 << 30):
+                   policy: RejectPolicy, max_extracted_bytes: int = 64 << 30):
     return (pbegin
             | f"{label}Archives" >> beam.Create(archives)
-            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes, max_extracted_bytes))
+            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes, policy, max_extracted_bytes))
             .with_outputs("rejects", main="lines"))
 
 
@@ -537,7 +542,7 @@ class ReadStackExchange(beam.PTransform):
         self.plan = plan
         self.inputs = [dump.file for dump in plan]
         self.config = config
-        self.keep_texts = context.reject_texts
+        self.policy = context.policy
         self.max_extracted_bytes = context.max_extracted_bytes
 
     def expand(self, pbegin):
@@ -578,23 +583,24 @@ class ReadStackExchange(beam.PTransform):
         link_lines = [_read_lines(pbegin, "Links", link_files, config, total_bytes)] if config.duplicates else []
         if posts_archives:
             extracted = _read_archives(pbegin, "Posts", posts_archives, "Posts.xml", config.max_row_bytes,
-                                       self.max_extracted_bytes)
+                                       self.policy, self.max_extracted_bytes)
             # One worker unpacks an archive; spread its lines so parsing and joins run on all workers.
             post_lines.append(extracted.lines | "PostsArchiveSpread" >> beam.Reshuffle())
             row_reject_parts.append(extracted.rejects)
         if config.duplicates and links_archives:
             extracted_links = _read_archives(pbegin, "Links", links_archives, "PostLinks.xml", config.max_row_bytes,
-                                             self.max_extracted_bytes)
+                                             self.policy, self.max_extracted_bytes)
             link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
             row_reject_parts.append(extracted_links.rejects)
 
         parsed = (post_lines | "PostLines" >> beam.Flatten()
-                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts", sites))
+                  | "ParsePosts" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "posts", self.policy,
+                                                               sites))
                   .with_outputs("rejects", main="posts"))
         row_reject_parts.append(parsed.rejects)
         posts = parsed.posts
 
-        keep_texts = self.keep_texts
+        policy = self.policy
         question_outcome = (row_outcomes.QUESTION_USED if config.title_body or config.question_answer
                             else row_outcomes.QUESTION_KINDS_OFF)
 
@@ -616,7 +622,7 @@ class ReadStackExchange(beam.PTransform):
         pair_parts = []
 
         if config.title_body:
-            title_body = questions | "TitleBody" >> beam.Map(title_body_outcome, keep_texts)
+            title_body = questions | "TitleBody" >> beam.Map(title_body_outcome, policy)
             pair_parts.append(title_body)
 
         questions_by_key = questions | "KeyQuestions" >> beam.Map(lambda q: ((q["site"], q["id"]), q))
@@ -628,7 +634,7 @@ class ReadStackExchange(beam.PTransform):
                 answers = list(grouped["answers"])
                 chosen: set[str] = set()
                 for question in grouped["question"]:
-                    outcome = question_answer_outcome(question, answers, config, keep_texts)
+                    outcome = question_answer_outcome(question, answers, config, policy)
                     if outcome.get("stage") != "read":
                         chosen.add(outcome["provenance"]["post_ids"][1])
                     yield outcome
@@ -643,7 +649,8 @@ class ReadStackExchange(beam.PTransform):
 
         if config.duplicates:
             links = (link_lines | "LinkLines" >> beam.Flatten()
-                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links", sites))
+                     | "ParseLinks" >> beam.ParDo(_ParsePostsLine(config.max_row_bytes, names, "links", self.policy,
+                                                                  sites))
                      .with_outputs("rejects", main="links"))
             row_reject_parts.append(links.rejects)
             row_events.append(links.links | "LinkRows" >> beam.Map(
@@ -671,7 +678,7 @@ class ReadStackExchange(beam.PTransform):
                            | "JoinTarget" >> beam.CoGroupByKey()
                            | "AttachTarget" >> beam.FlatMap(attach, "target"))
             pair_parts.append(with_target | "Duplicates" >> beam.Map(
-                lambda l: duplicate_outcome(l, l["closed"], l["target"], config, keep_texts)))
+                lambda l: duplicate_outcome(l, l["closed"], l["target"], config, policy)))
 
         outcomes = (pair_parts or [pbegin | "NoPairs" >> beam.Create([])]) | "Outcomes" >> beam.Flatten()
 

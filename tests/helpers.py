@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines import build
+from pipelines.records import RAW_REJECT_CHARS, RejectPolicy
 
 # Elements collected from DirectRunner pipelines that run in this process, by run token.
 _COLLECTED: dict[str, list] = {}
@@ -77,3 +78,8 @@ def load_like_contrastors(release: Path, dataset: str) -> list[dict[str, Any]]:
                 rows.append(json.loads(stream.read(end - start)))
     assert counts["total_count"] == len(rows)
     return rows
+
+
+# The reject policies tests hand to sources and stages (a build makes its one policy from release.reject_texts).
+KEEP_TEXTS = RejectPolicy(keep_texts=True, raw_chars=RAW_REJECT_CHARS)
+NO_TEXTS = RejectPolicy(keep_texts=False, raw_chars=RAW_REJECT_CHARS)

@@ -18,6 +18,7 @@ from pipelines.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
 from pipelines.embedding import encode_texts
 from pipelines.negatives import comparison_text
 from pipelines.records import new_pair, to_release_row
+from tests.helpers import KEEP_TEXTS, NO_TEXTS
 
 # ---------------------------------------------------------------------------------------------------------
 # Plain block decisions
@@ -189,8 +190,7 @@ PAIR = new_pair(dataset="d", source="s", query="a question", document="its answe
 
 def test_a_kept_pair_gets_its_scores_and_negatives():
     kept, reject, summary = apply_decision(PAIR, decision(), {0: "first", 1: "second"}, True,
-                                           NegativesConfig(num_negatives=2),
-                                           keep_texts=True)
+                                           NegativesConfig(num_negatives=2), policy=KEEP_TEXTS)
     assert reject is None
     assert kept["negatives"] == ["first", "second"]
     assert kept["scores"] == {"positive": 0.8, "rank": 0, "negatives": [0.5, 0.4]}
@@ -205,20 +205,20 @@ def test_a_pair_short_of_num_negatives_is_a_negatives_reject():
     # the wrong documents, so it never reaches a triplet dataset.
     none_found = decision(negative_scores=[], eligible=0)
     kept, reject, summary = apply_decision(PAIR, decision(), {0: "first", 1: "second"}, True,
-                                           NegativesConfig(num_negatives=3), True)
+                                           NegativesConfig(num_negatives=3), KEEP_TEXTS)
     assert kept is None and reject["detail"] == {**reject["detail"], "found": 2, "num_negatives": 3}
-    kept, reject, summary = apply_decision(PAIR, none_found, {}, True, NegativesConfig(), False)
+    kept, reject, summary = apply_decision(PAIR, none_found, {}, True, NegativesConfig(), NO_TEXTS)
     assert kept is None
     assert (reject["stage"], reject["reason"]) == ("negatives", "too_few_negatives")
     assert reject["detail"]["found"] == 0 and reject["detail"]["num_negatives"] == 7
-    assert "query" not in reject  # keep_texts=False
+    assert "query" not in reject  # NO_TEXTS
     assert summary["dropped:negatives:too_few_negatives"] == 1
 
 
 def test_a_pair_without_usable_texts_is_rejected_by_the_first_active_stage():
-    _, reject, _ = apply_decision(PAIR, None, {}, False, NegativesConfig(), True)
+    _, reject, _ = apply_decision(PAIR, None, {}, False, NegativesConfig(), KEEP_TEXTS)
     assert (reject["stage"], reject["reason"]) == ("negatives", "invalid_text")
-    _, reject, _ = apply_decision(PAIR, None, {}, True, None, True)
+    _, reject, _ = apply_decision(PAIR, None, {}, True, None, KEEP_TEXTS)
     assert reject["stage"] == "consistency"
 
 
@@ -264,11 +264,11 @@ def quora_run(shared_data, tmp_path_factory):
     with test_pipeline.TestPipeline() as pipeline:
         runs = {
             "main": (pipeline | "Pairs" >> beam.Create(pairs)
-                     | "Stages" >> EmbeddingStages(EMBEDDING, CONSISTENCY, NEGATIVES)),
+                     | "Stages" >> EmbeddingStages(EMBEDDING, CONSISTENCY, NEGATIVES, KEEP_TEXTS)),
             "shuffled": (pipeline | "Shuffled" >> beam.Create(shuffled)
-                         | "StagesShuffled" >> EmbeddingStages(EMBEDDING, CONSISTENCY, NEGATIVES)),
+                         | "StagesShuffled" >> EmbeddingStages(EMBEDDING, CONSISTENCY, NEGATIVES, KEEP_TEXTS)),
             "scores_only": (pipeline | "PairsAgain" >> beam.Create(pairs)
-                            | "ScoresOnly" >> EmbeddingStages(EMBEDDING, None, None, reject_texts=False)),
+                            | "ScoresOnly" >> EmbeddingStages(EMBEDDING, None, None, NO_TEXTS)),
         }
         for run, outputs in runs.items():
             for name in ("pairs", "rejects", "report"):

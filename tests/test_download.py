@@ -15,6 +15,7 @@ import pytest
 
 from sources.base import InputError
 from sources.download import cache_path, extract, fetch, fetch_inputs
+from tests.helpers import KEEP_TEXTS
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB, every byte value
 
@@ -234,7 +235,8 @@ def test_sources_download_their_default_inputs_into_the_cache(http_server, tmp_p
         config = source.config_model(urls=[_url(http_server, path)])
         inputs = source.default_inputs(config, download)
         assert inputs == [cache_path(_url(http_server, path), str(tmp_path))]
-        pairs, rejects = split_outcomes(source.read(expand_inputs(inputs), config, RunContext(name)).run_local())
+        pairs, rejects = split_outcomes(source.read(expand_inputs(inputs), config, RunContext(name,
+                                                                                              KEEP_TEXTS)).run_local())
         assert len(pairs) + len(rejects) == rows
     with pytest.raises(InputError, match="source.urls is empty"):
         get_source("quora").default_inputs(get_source("quora").config_model(urls=[]), download)

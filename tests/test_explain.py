@@ -12,9 +12,10 @@ import pytest
 
 from pipelines import explain as explain_lib
 from pipelines.records import id_bucket, make_input_reject, make_reject, new_pair
-from pipelines.release.store import LocalStore, open_store
+from pipelines.release.store import LocalStore
+from pipelines.release.stores import open_store
 from pipelines.release.writer import shard_count, shard_key, sha256_path, write_jsonl_gz
-from tests.helpers import read_jsonl_gz, run_build
+from tests.helpers import KEEP_TEXTS, read_jsonl_gz, run_build
 pytest_plugins = ("tests.s3_server",)  # the shared SeaweedFS fixtures
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,28 +42,33 @@ def scenario():
     kept += [_pair("other_pairs", 100 + index) for index in range(3)]
     survivor, second, third = kept[0], kept[1], kept[2]
     exact_copy = make_reject(_pair("demo_pairs", 200), stage="exact_dedup", reason="exact_duplicate",
-                             detail={"survivor_id": survivor["id"], "key": "k", "rule": "longest_document"})
+                             detail={"survivor_id": survivor["id"], "key": "k",
+                                     "rule": "longest_document"}, policy=KEEP_TEXTS)
     near_copy = make_reject(_pair("demo_pairs", 201), stage="minhash", reason="near_duplicate",
-                            detail={"cluster_id": "cluster-7", "survivor_id": survivor["id"], "similarity": 0.9123})
+                            detail={"cluster_id": "cluster-7", "survivor_id": survivor["id"],
+                                    "similarity": 0.9123}, policy=KEEP_TEXTS)
     # A near duplicate whose survivor was itself dropped later (by consistency): the chain is followed.
     dropped_survivor_pair = _pair("demo_pairs", 202)
     dropped_survivor = make_reject(dropped_survivor_pair, stage="consistency", reason="not_in_top_k",
-                                   detail={"rank": 5, "score": 0.3141, "outranked_by": [second["id"], third["id"]]})
+                                   detail={"rank": 5, "score": 0.3141, "outranked_by": [second["id"], third["id"]]},
+                                   policy=KEEP_TEXTS)
     orphan = make_reject(_pair("demo_pairs", 203), stage="minhash", reason="near_duplicate",
                          detail={"cluster_id": "cluster-8", "survivor_id": dropped_survivor_pair["id"],
-                                 "similarity": 0.88})
+                                 "similarity": 0.88}, policy=KEEP_TEXTS)
     unreadable = make_input_reject(dataset="demo_pairs", source="demo", reason="malformed_json",
                                    provenance={"input": "demo.jsonl", "record": "demo.jsonl:999"},
-                                   detail={"error": "Expecting value"}, raw='{"query": "broken')
+                                   detail={"error": "Expecting value"}, raw='{"query": "broken',
+                                   policy=KEEP_TEXTS)
     # The same input row given twice: one id, kept once and rejected once.
     same_row_again = make_reject(second, stage="exact_dedup", reason="exact_duplicate",
-                                 detail={"survivor_id": second["id"]})
+                                 detail={"survivor_id": second["id"]}, policy=KEEP_TEXTS)
     hostile = _pair("other_pairs", 300, query="title \x1b[2J\x1b[31mred\u202e evil", document="doc")
     kept.append(hostile)
-    filler = [make_reject(_pair("other_pairs", 400 + index), stage="normalize", reason="too_short")
+    filler = [make_reject(_pair("other_pairs", 400 + index), stage="normalize", reason="too_short",
+                          policy=KEEP_TEXTS)
               for index in range(8)]
     more_copies = [make_reject(_pair("demo_pairs", 204 + index), stage="exact_dedup", reason="exact_duplicate",
-                               detail={"survivor_id": survivor["id"]}) for index in range(3)]
+                               detail={"survivor_id": survivor["id"]}, policy=KEEP_TEXTS) for index in range(3)]
     rejects = [exact_copy, near_copy, dropped_survivor, orphan, unreadable, same_row_again] + more_copies + filler
     named = {"more_copies": more_copies, "survivor": survivor, "second": second, "third": third, "exact_copy": exact_copy,
              "near_copy": near_copy, "dropped_survivor": dropped_survivor, "orphan": orphan,

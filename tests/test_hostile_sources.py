@@ -52,7 +52,7 @@ from sources.quora import COLUMNS as QUORA_COLUMNS, QuoraConfig, QuoraRows
 from sources.readers import (PAIR, REJECT, CsvRow, Emitter, FileUnit, RawLine, ReadCsv, ReadLines, ReadWholeFiles,
                              has_surrogates, parse_record)
 from sources.registry import get_source
-from tests.helpers import release_rejects, release_rows, run_build
+from tests.helpers import KEEP_TEXTS, release_rejects, release_rows, run_build
 
 MB = 1 << 20
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")
@@ -121,7 +121,7 @@ def read_summary(source_name: str, paths: list[Path], **config: Any) -> dict[str
     """Runs a source's reader without Beam and keeps a summary (outcomes are not held: bounded memory)."""
     source = get_source(source_name)
     transform = source.read(expand_inputs([str(path) for path in paths]), source.config_model(**config),
-                            RunContext(source_name))
+                            RunContext(source_name, KEEP_TEXTS))
     pairs, reasons, rejects = 0, collections.Counter(), []
     for kind, record in transform.run_local():
         dumps_line(record)  # every outcome must be writable as a release line
@@ -181,7 +181,7 @@ _LINES = st.one_of(
 def test_amazon_rows_total(line, fmt):
     rows = AmazonRows(AmazonConfig())
     dataset = "amazon_question_answer" if fmt.startswith("qa") else "amazon_title_review"
-    outcomes = list(rows(line, RawLine(7, 0, b""), Emitter(_unit(fmt, dataset), "amazon")))
+    outcomes = list(rows(line, RawLine(7, 0, b""), Emitter(_unit(fmt, dataset), "amazon", KEEP_TEXTS)))
     _check_outcomes(outcomes, exactly=None if fmt == "qa_multi" else 1)
 
 
@@ -189,8 +189,8 @@ def test_amazon_rows_total(line, fmt):
 @given(_LINES)
 def test_json_lines_and_ccnews_rows_total(line):
     raw = RawLine(3, 0, b"")
-    _check_outcomes(list(JsonLines(JsonlConfig())(line, raw, Emitter(_unit("jsonl"), "jsonl"))))
-    _check_outcomes(list(CcNewsRows(NewsConfig())(line, raw, Emitter(_unit("ccnews"), "news"))))
+    _check_outcomes(list(JsonLines(JsonlConfig())(line, raw, Emitter(_unit("jsonl"), "jsonl", KEEP_TEXTS))))
+    _check_outcomes(list(CcNewsRows(NewsConfig())(line, raw, Emitter(_unit("ccnews"), "news", KEEP_TEXTS))))
 
 
 @FUZZ
@@ -198,7 +198,7 @@ def test_json_lines_and_ccnews_rows_total(line):
 def test_columnar_rows_total(record, query_field):
     assume(not has_surrogates(repr(record)))  # Arrow strings are valid UTF-8: no surrogates reach this parser
     rows = PairRows(JsonlConfig(query_field=query_field))
-    _check_outcomes([rows.outcome(record, "fuzz#1", Emitter(_unit("parquet"), "parquet"))])
+    _check_outcomes([rows.outcome(record, "fuzz#1", Emitter(_unit("parquet"), "parquet", KEEP_TEXTS))])
 
 
 # (Records with invalid UTF-8 or NUL bytes are rejected by the CSV reader before a parser sees them.)
@@ -212,7 +212,7 @@ def test_quora_rows_total(fields, direction, non_duplicates):
     rows = QuoraRows(QuoraConfig(direction=direction, non_duplicates=non_duplicates))
     unit = _unit("quora_pairs", "quora_duplicates", columns=tuple((name, i) for i, name in enumerate(QUORA_COLUMNS)),
                  width=len(QUORA_COLUMNS))
-    outcomes = list(rows(CsvRow(fields, 2, 2, "\t".join(fields)), Emitter(unit, "quora")))
+    outcomes = list(rows(CsvRow(fields, 2, 2, "\t".join(fields)), Emitter(unit, "quora", KEEP_TEXTS)))
     _check_outcomes(outcomes, exactly=None)
     assert len(outcomes) == 1 or (len(outcomes) == 2 and direction == "both"
                                   and all(kind == PAIR for kind, _ in outcomes))
@@ -221,7 +221,8 @@ def test_quora_rows_total(fields, direction, non_duplicates):
 @FUZZ
 @given(st.lists(_FIELD, max_size=5))
 def test_agnews_rows_total(fields):
-    outcomes = list(AgNewsRows(NewsConfig())(CsvRow(fields, 4, 5, ",".join(fields)), Emitter(_unit("agnews"), "news")))
+    outcomes = list(AgNewsRows(NewsConfig())(CsvRow(fields, 4, 5, ",".join(fields)), Emitter(_unit("agnews"), "news",
+                                                                                             KEEP_TEXTS)))
     _check_outcomes(outcomes)
     assert isinstance(clean_agnews(",".join(fields)), str)
 
@@ -237,7 +238,7 @@ _ARTICLE = st.one_of(
 @FUZZ
 @given(_ARTICLE, st.sampled_from(["xsum", "bbc", "cnn_dailymail"]))
 def test_article_files_total(text, fmt):
-    outcomes = list(ArticleFiles(NewsConfig())(text, Emitter(_unit(fmt), "news")))
+    outcomes = list(ArticleFiles(NewsConfig())(text, Emitter(_unit(fmt), "news", KEEP_TEXTS)))
     _check_outcomes(outcomes)
 
 
@@ -282,7 +283,7 @@ def test_line_reader_accounts_for_every_line(tmp_path_factory, lines, trailing_n
     path.write_bytes(payload)
     unit = FileUnit(str(path), path.name, fmt="jsonl", dataset="fuzz_pairs", license="test",
                     compression="gzip" if compress else "none")
-    reader = ReadLines([unit], "jsonl", JsonLines(JsonlConfig(id_field=None)), max_line_bytes=1024)
+    reader = ReadLines([unit], "jsonl", JsonLines(JsonlConfig(id_field=None)), max_line_bytes=1024, policy=KEEP_TEXTS)
     outcomes = list(reader.run_local())
     for outcome in outcomes:
         _check_outcomes([outcome])
@@ -321,7 +322,7 @@ def test_csv_reader_accounts_for_every_line(tmp_path_factory, data, delimiter):
         yield emitter.reject("probe", record=f"{unit.name}:{row.first_line}",
                              detail={"lines": [row.first_line, row.last_line]}, raw=row.raw)
 
-    reader = ReadCsv([unit], "fuzz", probe, max_line_bytes=1024, max_field_chars=500)
+    reader = ReadCsv([unit], "fuzz", probe, max_line_bytes=1024, max_field_chars=500, policy=KEEP_TEXTS)
     outcomes = list(reader.run_local())
     for outcome in outcomes:
         _check_outcomes([outcome])
@@ -352,7 +353,8 @@ def test_whole_file_reader_one_outcome_per_file(tmp_path_factory, contents, comp
         path.write_bytes(gzip.compress(content, mtime=0) if compress else content)
         units.append(FileUnit(str(path), f"bbc/business/{path.name}", fmt="bbc", dataset="bbc_title_body",
                               license="test"))
-    outcomes = list(ReadWholeFiles(units, "news", ArticleFiles(NewsConfig()), max_file_bytes=1024).run_local())
+    outcomes = list(ReadWholeFiles(units, "news", ArticleFiles(NewsConfig()), max_file_bytes=1024,
+                                   policy=KEEP_TEXTS).run_local())
     for outcome in outcomes:
         _check_outcomes([outcome])
     assert sorted(record["provenance"]["record"] for _, record in outcomes) == sorted(u.name for u in units)

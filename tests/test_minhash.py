@@ -23,6 +23,7 @@ from filters.minhash import (DistributedComponents, LocalComponents, MinHashDedu
                              decide_cluster, pair_problem, resolve_banding)
 from pipelines.config import MinHashConfig
 from pipelines.records import new_pair
+from tests.helpers import KEEP_TEXTS
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -101,7 +102,7 @@ def run_stage(pairs: list[dict], config: MinHashConfig, out_dir: Path, options=N
     """Run the stage in a TestPipeline; its outputs come back through files (any runner can write them)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with test_pipeline.TestPipeline(options=options) as pipeline:
-        result = pipeline | beam.Create(pairs, reshuffle=False) | MinHashDedup(config)
+        result = pipeline | beam.Create(pairs, reshuffle=False) | MinHashDedup(config, KEEP_TEXTS)
         for name in ("pairs", "rejects", "report"):
             (result[name]
              | f"Json{name}" >> beam.Map(lambda row: json.dumps(row, sort_keys=True))

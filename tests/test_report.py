@@ -22,7 +22,7 @@ from pipelines.records import make_reject, new_pair
 from pipelines.release import manifest as manifest_lib
 from pipelines.release import stats as stats_lib
 from pipelines.report import render_report
-from tests.helpers import run_build
+from tests.helpers import KEEP_TEXTS, run_build
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
@@ -46,15 +46,16 @@ def synthetic_records(seed: int = 7, pairs_per_dataset: int = 120):
             positive = round(rng.uniform(0.2, 0.95), 4)
             if roll == 0 and index:
                 rejects.append(make_reject(pair, stage="exact_dedup", reason="exact_duplicate",
-                                           detail={"survivor_id": kept[-1]["id"]}))
+                                           detail={"survivor_id": kept[-1]["id"]}, policy=KEEP_TEXTS))
             elif roll == 1:
                 rejects.append(make_reject(pair, stage="minhash", reason="near_duplicate",
                                            detail={"cluster_id": "c1", "survivor_id": kept[-1]["id"] if kept else "",
-                                                   "similarity": round(rng.uniform(0.8, 1.0), 4)}))
+                                                   "similarity": round(rng.uniform(0.8, 1.0), 4)}, policy=KEEP_TEXTS))
             elif roll == 2:
                 rejects.append(make_reject(pair, stage="consistency", reason="not_in_top_k",
                                            detail={"rank": rng.randint(2, 80), "score": round(positive - 0.3, 4),
-                                                   "outranked_by": [kept[-1]["id"]] if kept else []}))
+                                                   "outranked_by": [kept[-1]["id"]] if kept else []},
+                                           policy=KEEP_TEXTS))
             else:
                 negatives = [round(positive - rng.uniform(0.01, 0.4), 4) for _ in range(3)]
                 pair["scores"] = {"positive": positive, "rank": rng.randint(0, 1), "negatives": negatives}
@@ -173,7 +174,8 @@ def test_summary_ignores_missing_or_broken_scores():
     pair["scores"] = {"positive": float("nan"), "rank": "first", "negatives": [None, "x", float("inf")]}
     summary = stats_lib.summarize("d", [pair, new_pair(dataset="d", source="s", query="a", document="b",
                                                         provenance={})],
-                                  [make_reject(pair, stage="consistency", reason="r", detail={"score": "high"})])
+                                  [make_reject(pair, stage="consistency", reason="r", detail={"score": "high"},
+                                               policy=KEEP_TEXTS)])
     assert summary["kept"] == 2 and sum(summary["positive_kept"]) == 0 and summary["scatter"] == []
     assert summary["rank_kept"] == {f"{stats_lib.RANK_CAP}+": 1}
     assert summary["rejected_score"] == {}

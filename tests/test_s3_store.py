@@ -12,7 +12,8 @@ from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.release.s3_store import MIB, S3Store
-from pipelines.release.store import AlreadyExists, LocalStore, StoreError, content_type_for, open_store
+from pipelines.release.store import AlreadyExists, LocalStore, StoreError, content_type_for
+from pipelines.release.stores import open_store
 from pipelines.verify import verify_release
 from tests.s3_server import FaultyProxy, _free_ports
 from tests.test_verify import build_sample_release, publish, sample_rows

@@ -21,7 +21,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")
 
 ALIAS_BOMB = "\n".join(
-    [f'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
     + [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]) + "\n"
 
 

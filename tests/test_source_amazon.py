@@ -11,14 +11,15 @@ import pytest
 
 from sources.amazon import QUESTION_ANSWER, TITLE_REVIEW, AmazonConfig, read
 from sources.base import InputError, RunContext, expand_inputs
-from tests.helpers import run_read_transform
+from tests.helpers import KEEP_TEXTS, run_read_transform
 from sources.readers import split_outcomes
 
 run_beam = run_read_transform
 
 
 def run_local(paths, config=None):
-    transform = read(expand_inputs([str(path) for path in paths]), config or AmazonConfig(), RunContext("amazon"))
+    transform = read(expand_inputs([str(path) for path in paths]), config or AmazonConfig(), RunContext("amazon",
+                                                                                                        KEEP_TEXTS))
     return split_outcomes(transform.run_local())
 
 
@@ -34,7 +35,7 @@ def _lines_of(rows, name):
 
 def test_real_samples_every_line_accounted_for(shared_data):
     pairs, rejects = run_beam(read(expand_inputs([str(shared_data / "amazon")]), AmazonConfig(),
-                                   RunContext("amazon")))
+                                   RunContext("amazon", KEEP_TEXTS)))
     rows = pairs + rejects
     fashion = sorted(_lines_of(rows, "AMAZON_FASHION_5.json"))
     assert fashion == list(range(1, 3177))  # 3,176 lines, each exactly once
@@ -154,7 +155,7 @@ def test_truncated_gzip_and_split_plain_reads(tmp_path, shared_data):
     plain = shared_data / "amazon" / "reviews_2018_5core" / "AMAZON_FASHION_5.json"
     whole_pairs, whole_rejects = run_local([plain])
     config = AmazonConfig().model_copy(update={"split_bytes": 100_000})
-    transform = read(expand_inputs([str(plain)]), config, RunContext("amazon"))
+    transform = read(expand_inputs([str(plain)]), config, RunContext("amazon", KEEP_TEXTS))
     assert len(transform.units) > 10
     split_pairs, split_rejects = split_outcomes(transform.run_local())
     assert sorted(p["id"] for p in split_pairs) == sorted(p["id"] for p in whole_pairs)
@@ -164,7 +165,7 @@ def test_truncated_gzip_and_split_plain_reads(tmp_path, shared_data):
 def test_format_detection_and_override(tmp_path):
     unknown = _jsonl(tmp_path / "other.json", [{"name": "x", "value": 1}] * 3)
     with pytest.raises(InputError) as error:
-        read(expand_inputs([str(unknown)]), AmazonConfig(), RunContext("amazon"))
+        read(expand_inputs([str(unknown)]), AmazonConfig(), RunContext("amazon", KEEP_TEXTS))
     assert "unknown format" in str(error.value) and "\n" not in str(error.value)
     forced = _jsonl(tmp_path / "forced.json", [{"title": "T", "text": "Some text here"}])
     pairs, _ = run_local([forced], AmazonConfig(format="reviews_2023"))
@@ -172,4 +173,4 @@ def test_format_detection_and_override(tmp_path):
     compressed = tmp_path / "x.json.bz2"
     compressed.write_bytes(b"BZh91AY&SY" + b"\x00" * 20)
     with pytest.raises(InputError, match="bzip2"):
-        read(expand_inputs([str(compressed)]), AmazonConfig(), RunContext("amazon"))
+        read(expand_inputs([str(compressed)]), AmazonConfig(), RunContext("amazon", KEEP_TEXTS))

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from pipelines.config import CONFIG_DIR, DownloadConfig, load_config, read_yaml
 from sources.base import InputError, RunContext, expand_inputs
 from sources.generic import SOURCES, HfConfig, JsonlConfig, ParquetConfig, hf_default_inputs
-from tests.helpers import run_read_transform
+from tests.helpers import KEEP_TEXTS, run_read_transform
 from sources.readers import split_outcomes
 from sources.registry import get_source
 
@@ -24,7 +24,7 @@ run_beam = run_read_transform
 
 
 def read(name, paths, config):
-    return SOURCES[name].read(expand_inputs([str(path) for path in paths]), config, RunContext(name))
+    return SOURCES[name].read(expand_inputs([str(path) for path in paths]), config, RunContext(name, KEEP_TEXTS))
 
 
 ROWS = [{"id": f"pair-{index:03d}", "query": f"How do I do thing {index}?",
@@ -79,7 +79,7 @@ def test_hf_split_selection_and_hub_name(pair_files, tmp_path, monkeypatch):
     (local / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in ROWS[:5]), encoding="utf-8")
     download = DownloadConfig(cache_dir=str(tmp_path / "cache"))
     files = hf_default_inputs(HfConfig(name=str(local)), download)
-    pairs, rejects = split_outcomes(SOURCES["hf"].read(expand_inputs(files), HfConfig(), RunContext("hf"))
+    pairs, rejects = split_outcomes(SOURCES["hf"].read(expand_inputs(files), HfConfig(), RunContext("hf", KEEP_TEXTS))
                                     .run_local())
     assert not rejects and _triples(pairs) == sorted((r["id"], r["query"], r["document"]) for r in ROWS[:5])
     # A Hub name while the Hub is unreachable: one line, at once.

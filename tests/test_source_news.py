@@ -13,7 +13,7 @@ import pytest
 
 from sources.base import InputError, RunContext, expand_inputs
 from sources.news import AGNEWS, BBC, CCNEWS, CNNDM, XSUM, NewsConfig, clean_agnews, read, xsum_sections
-from tests.helpers import run_read_transform
+from tests.helpers import KEEP_TEXTS, run_read_transform
 from sources.readers import split_outcomes
 
 run_beam = run_read_transform
@@ -21,12 +21,12 @@ run_beam = run_read_transform
 
 def run_local(paths, config=None, context=None):
     transform = read(expand_inputs([str(path) for path in paths]), config or NewsConfig(),
-                     context or RunContext("news"))
+                     context or RunContext("news", KEEP_TEXTS))
     return split_outcomes(transform.run_local())
 
 
 def test_real_samples_every_row_accounted_for(shared_data):
-    context = RunContext("news")
+    context = RunContext("news", KEEP_TEXTS)
     news = shared_data / "news"
     transform = read(expand_inputs([str(news / "ag_news_csv"), str(news / "xsum"), str(news / "bbc")]),
                      NewsConfig(), context)
@@ -138,7 +138,8 @@ def test_many_article_files_travel_in_packs(tmp_path, monkeypatch):
     folder.mkdir(parents=True)
     for index in range(30):
         (folder / f"{index:03d}.txt").write_text(f"Headline {index}\n\nBody of article {index}.\n", encoding="utf-8")
-    pairs, rejects = run_beam(read(expand_inputs([str(tmp_path / "bbc")]), NewsConfig(), RunContext("news")))
+    pairs, rejects = run_beam(read(expand_inputs([str(tmp_path / "bbc")]), NewsConfig(), RunContext("news",
+                                                                                                    KEEP_TEXTS)))
     assert not rejects
     assert sorted(p["provenance"]["record"] for p in pairs) == [f"bbc/tech/{i:03d}.txt" for i in range(30)]
 
@@ -147,13 +148,13 @@ def test_unknown_format_stops_at_once(tmp_path):
     odd = tmp_path / "notes.xml"
     odd.write_text("<x/>", encoding="utf-8")
     with pytest.raises(InputError) as error:
-        read(expand_inputs([str(odd)]), NewsConfig(), RunContext("news"))
+        read(expand_inputs([str(odd)]), NewsConfig(), RunContext("news", KEEP_TEXTS))
     assert "unknown format" in str(error.value) and "\n" not in str(error.value)
     not_ag = tmp_path / "table.csv"
     not_ag.write_text("name,value\nx,1\n", encoding="utf-8")
     with pytest.raises(InputError, match="not an AG News CSV"):
-        read(expand_inputs([str(not_ag)]), NewsConfig(), RunContext("news"))
+        read(expand_inputs([str(not_ag)]), NewsConfig(), RunContext("news", KEEP_TEXTS))
     other_jsonl = tmp_path / "pairs.jsonl"
     other_jsonl.write_text(json.dumps({"query": "q", "document": "d"}) + "\n", encoding="utf-8")
     with pytest.raises(InputError, match="no record among the first has 'title' and 'text'"):
-        read(expand_inputs([str(other_jsonl)]), NewsConfig(), RunContext("news"))
+        read(expand_inputs([str(other_jsonl)]), NewsConfig(), RunContext("news", KEEP_TEXTS))

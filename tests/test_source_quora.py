@@ -9,7 +9,7 @@ import pytest
 
 from sources.base import InputError, RunContext, expand_inputs
 from sources.quora import DUPLICATES, NON_DUPLICATES, QuoraConfig, read
-from tests.helpers import run_read_transform
+from tests.helpers import KEEP_TEXTS, run_read_transform
 from sources.readers import split_outcomes
 from sources.registry import get_source
 
@@ -21,7 +21,7 @@ def _sample(shared_data):
 
 
 def test_real_sample_accounts_for_every_record(shared_data):
-    pairs, rejects = run_beam(read(_sample(shared_data), QuoraConfig(), RunContext("quora")))
+    pairs, rejects = run_beam(read(_sample(shared_data), QuoraConfig(), RunContext("quora", KEEP_TEXTS)))
     assert get_source("quora").read is read
     not_duplicate = [r for r in rejects if r["reason"] == "not_duplicate"]
     other_rejects = [r for r in rejects if r["reason"] != "not_duplicate"]
@@ -41,7 +41,8 @@ def test_real_sample_accounts_for_every_record(shared_data):
 
 
 def test_record_with_embedded_newline_and_escaped_quotes(shared_data):
-    pairs, rejects = split_outcomes(read(_sample(shared_data), QuoraConfig(), RunContext("quora")).run_local())
+    pairs, rejects = split_outcomes(read(_sample(shared_data), QuoraConfig(), RunContext("quora",
+                                                                                         KEEP_TEXTS)).run_local())
     by_id = {row["provenance"]["record"]: row for row in pairs + rejects}
     newline_record = by_id["2332"]
     assert newline_record["reason"] == "not_duplicate"
@@ -56,19 +57,20 @@ def test_record_with_embedded_newline_and_escaped_quotes(shared_data):
 
 def test_direction_rules(shared_data):
     inputs = _sample(shared_data)
-    shorter, _ = split_outcomes(read(inputs, QuoraConfig(), RunContext("quora")).run_local())
+    shorter, _ = split_outcomes(read(inputs, QuoraConfig(), RunContext("quora", KEEP_TEXTS)).run_local())
     for pair in shorter:
         assert len(pair["query"].strip()) <= len(pair["document"].strip())
-    in_order, _ = split_outcomes(read(inputs, QuoraConfig(direction="file_order"), RunContext("q")).run_local())
+    in_order, _ = split_outcomes(read(inputs, QuoraConfig(direction="file_order"), RunContext("q",
+                                                                                              KEEP_TEXTS)).run_local())
     assert any(len(p["query"].strip()) > len(p["document"].strip()) for p in in_order)
-    both, _ = split_outcomes(read(inputs, QuoraConfig(direction="both"), RunContext("q")).run_local())
+    both, _ = split_outcomes(read(inputs, QuoraConfig(direction="both"), RunContext("q", KEEP_TEXTS)).run_local())
     assert len(both) == 2 * len(shorter)
     assert len({pair["id"] for pair in both}) == len(both)
 
 
 def test_non_duplicates_can_be_emitted_as_labelled_pairs(shared_data):
     config = QuoraConfig(non_duplicates="emit")
-    pairs, rejects = split_outcomes(read(_sample(shared_data), config, RunContext("quora")).run_local())
+    pairs, rejects = split_outcomes(read(_sample(shared_data), config, RunContext("quora", KEEP_TEXTS)).run_local())
     counts = collections.Counter(pair["dataset"] for pair in pairs)
     assert counts[NON_DUPLICATES] == 6288
     assert counts[DUPLICATES] + sum(r["dataset"] == DUPLICATES for r in rejects) == 3710
@@ -96,7 +98,7 @@ def test_bad_rows_become_rejects_with_reasons(tmp_path):
     path = tmp_path / "bad.tsv"
     path.write_bytes(b"\n".join(BAD_ROWS) + b"\n")
     pairs, rejects = run_beam(read(expand_inputs([str(path)]), QuoraConfig(max_field_chars=1000),
-                                   RunContext("quora")))
+                                   RunContext("quora", KEEP_TEXTS)))
     assert sorted(p["provenance"]["record"] for p in pairs) == ["0", "1", "9"]
     reasons = collections.Counter(r["reason"] for r in rejects)
     assert reasons == {"malformed_line": 2, "empty_text": 1, "invalid_utf8": 1, "nul_byte": 1,
@@ -111,7 +113,8 @@ def test_truncated_gzip_keeps_readable_rows_and_records_the_cut(tmp_path):
     whole = gzip.compress(b"\n".join(rows) + b"\n")
     path = tmp_path / "cut.tsv.gz"
     path.write_bytes(whole[: len(whole) // 2])
-    pairs, rejects = split_outcomes(read(expand_inputs([str(path)]), QuoraConfig(), RunContext("q")).run_local())
+    pairs, rejects = split_outcomes(read(expand_inputs([str(path)]), QuoraConfig(), RunContext("q",
+                                                                                               KEEP_TEXTS)).run_local())
     truncated = [r for r in rejects if r["reason"] == "truncated_input"]
     assert len(truncated) == 1 and len(rejects) == 1
     assert 0 < len(pairs) < 2000
@@ -123,7 +126,8 @@ def test_kaggle_comma_variant(tmp_path):
     path.write_text('"id","qid1","qid2","question1","question2","is_duplicate"\n'
                     '"0","1","2","Why is the sky blue?","What makes the sky blue?","1"\n'
                     '"1","3","4","A ""quoted"" word, with a comma?","Plain question here?","1"\n', encoding="utf-8")
-    pairs, rejects = split_outcomes(read(expand_inputs([str(path)]), QuoraConfig(), RunContext("q")).run_local())
+    pairs, rejects = split_outcomes(read(expand_inputs([str(path)]), QuoraConfig(), RunContext("q",
+                                                                                               KEEP_TEXTS)).run_local())
     assert not rejects
     assert {p["query"] for p in pairs} == {"Why is the sky blue?", "Plain question here?"}
 
@@ -132,7 +136,7 @@ def test_unknown_format_stops_at_once(tmp_path):
     path = tmp_path / "other.tsv"
     path.write_text("a\tb\tc\n1\t2\t3\n", encoding="utf-8")
     with pytest.raises(InputError) as error:
-        read(expand_inputs([str(path)]), QuoraConfig(), RunContext("quora"))
+        read(expand_inputs([str(path)]), QuoraConfig(), RunContext("quora", KEEP_TEXTS))
     assert "unknown format" in str(error.value) and "\n" not in str(error.value)
     with pytest.raises(InputError):
         expand_inputs([str(tmp_path / "missing.tsv")])

@@ -15,8 +15,10 @@ import pytest
 
 from pipelines.records import dumps_line, make_reject, new_pair, to_release_row
 from pipelines.release.location import index_key
-from pipelines.release.store import LocalStore, ReleaseStore, open_store
+from pipelines.release.store import LocalStore, ReleaseStore
+from pipelines.release.stores import open_store
 from pipelines.verify import ReleaseVerifier, main, verify_release
+from tests.helpers import KEEP_TEXTS
 
 pytest_plugins = ("tests.s3_server",)  # the S3 fixtures, shared by all modules
 
@@ -95,7 +97,8 @@ def build_sample_release(folder: Path, *, datasets: dict[str, list[int]] | None 
         if negatives_per_row and dataset in negatives_per_row:
             manifest_datasets[dataset]["negatives_per_row"] = negatives_per_row[dataset]
         reject_key = f"rejects/{dataset}/rejects-00000.jsonl.gz"
-        reject = make_reject(rows[0], stage="minhash", reason="near_duplicate", detail={"of": rows[-1]["id"]})
+        reject = make_reject(rows[0], stage="minhash", reason="near_duplicate", detail={"of": rows[-1]["id"]},
+                             policy=KEEP_TEXTS)
         objects[reject_key] = _gzip((dumps_line(reject) + "\n").encode("ascii"))
         manifest_rejects[dataset] = {"rows": 1, "shards": [_entry(reject_key, objects[reject_key], rows=1)]}
     objects["README.md"] = "---\nlicense: cc-by-sa-4.0\n---\n# Sample release\n".encode()

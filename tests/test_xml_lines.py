@@ -9,7 +9,7 @@ import pytest
 from sources.base import InputError, RunContext, expand_inputs
 from sources.stackexchange import StackExchangeSourceConfig, read
 from sources.xml_lines import BLOCK_LINES, CDATA, COMMENT, PI, TEXT, scan_line, wide_encoding
-from tests.helpers import run_build, run_read_transform
+from tests.helpers import KEEP_TEXTS, run_build, run_read_transform
 
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")
 
@@ -42,7 +42,7 @@ def read_site(folder, **config):
     inputs = expand_inputs([str(folder)])
     pairs, rejects = run_read_transform(_WithRowRejects(read(
         inputs, StackExchangeSourceConfig(question_answer=False, duplicates=False, **config),
-        RunContext(source_name="stackexchange"))))
+        RunContext(source_name="stackexchange", policy=KEEP_TEXTS))))
     return sorted(pair["provenance"]["post_ids"][0] for pair in pairs), rejects
 
 
@@ -120,7 +120,7 @@ def test_utf16_and_utf32_dumps_are_refused_with_one_line(tmp_path, capsys, encod
     (site / "Posts.xml").write_bytes(data)
     assert wide_encoding(data[:4])
     with pytest.raises(InputError, match="convert it to UTF-8"):
-        read(expand_inputs([str(site)]), StackExchangeSourceConfig(), RunContext(source_name="stackexchange"))
+        read(expand_inputs([str(site)]), StackExchangeSourceConfig(), RunContext(source_name="stackexchange", policy=KEEP_TEXTS))
     assert run_build("--source", "stackexchange", "--input", str(site), "--output", str(tmp_path / "out"),
                      *FAST) == 2
     err = capsys.readouterr().err.strip().splitlines()

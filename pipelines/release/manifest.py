@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from pipelines.records import ALL_STAGES
+from pipelines.errors import PipelineError
+from pipelines.schema import FORMAT_VERSION, MANIFEST_KEY
 
-MANIFEST_KEY = "manifest.json"
-FORMAT = "pair-curation/release-v1"
+FORMAT = FORMAT_VERSION
 
 
-class UnaccountedRows(Exception):
+class UnaccountedRows(PipelineError):
     """Rows that are neither in a shard nor in the rejects: the pipeline lost data. Never ignored."""
 
 
@@ -30,7 +30,7 @@ def compute_funnel(read_pairs: dict[str, int], reject_counts: list[tuple[str, st
     for dataset, stage, reason, count in reject_counts:
         dropped[dataset][stage][reason] += count
     datasets = sorted(set(read_pairs) | set(dropped) | set(final_rows))
-    stages = ["read"] + [stage for stage in ALL_STAGES[1:] if stage in active_stages]
+    stages = ["read"] + [stage for stage in active_stages if stage != "read"]  # in graph (registry) order
     unknown_stages = {stage for per_stage in dropped.values() for stage in per_stage} - set(stages)
     per_dataset: dict[str, list[dict[str, Any]]] = {}
     total: dict[str, dict[str, Any]] = {stage: {"stage": stage, "in": 0, "out": 0, "dropped": defaultdict(int)}

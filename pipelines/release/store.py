@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from pipelines.errors import UsageError
 
-class StoreError(Exception):
+
+class StoreError(UsageError):
     """A destination problem, with a one-line message (never containing secrets)."""
 
 
@@ -256,13 +258,3 @@ class LocalStore(ReleaseStore):
             if path.exists():
                 path.unlink()
 
-
-def open_store(uri: str) -> ReleaseStore:
-    """A store for a release URI: ``s3://bucket/prefix`` or a local path."""
-    if uri.startswith("s3://"):
-        from pipelines.release.s3_store import S3Store  # boto3 only where it is needed
-
-        return S3Store.from_uri(uri)
-    if "://" in uri and not uri.startswith("file://"):
-        raise StoreError(f"unsupported release destination {uri!r}: use a local folder or s3://bucket/prefix")
-    return LocalStore(uri[len("file://"):] if uri.startswith("file://") else uri)

@@ -21,16 +21,15 @@ from apache_beam.metrics import Metrics
 
 from pipelines.records import dumps_line, id_bucket, to_release_row
 from pipelines.release.location import index_key
-from pipelines.release.store import open_store
+from pipelines.release.stores import open_store
+from pipelines.schema import data_shard_key, reject_shard_key
 
 JSONL_GZ = "application/jsonl"  # stored as gzip bytes; no Content-Encoding so clients keep the .gz as is
 JSON = "application/json"
 
 
 def shard_key(kind: str, dataset: str, index: int) -> str:
-    if kind == "data":
-        return f"data/{dataset}/shard-{index:05d}.jsonl.gz"
-    return f"rejects/{dataset}/rejects-{index:05d}.jsonl.gz"
+    return data_shard_key(dataset, index) if kind == "data" else reject_shard_key(dataset, index)
 
 
 def shard_count(rows: int, rows_per_shard: int) -> int:
