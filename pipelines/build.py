@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.cli import CommandParser, quiet_logging, refuse_secret_options, run_command
+from pipelines.cli import PROJECT_ERROR_LINE, CommandParser, quiet_logging, refuse_secret_options, run_command
 from pipelines.errors import PairCurationError, PipelineError, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -107,9 +107,6 @@ def project_errors() -> tuple[type[BaseException], ...]:
     return UsageError, ConfigError, StoreError, InputError
 
 
-_PROJECT_ERROR_LINE = re.compile(r"\b(?:StoreError|AlreadyExists|ClaimHeld|InputError|ConfigError|UsageError): (.+)")
-
-
 def project_error_message(exc: BaseException) -> str | None:
     """The one line of a project error that stopped the pipeline: the exception itself (DirectRunner), or its
     text inside the runner's wrapper (multi-process and remote runners pass tracebacks as text)."""
@@ -121,29 +118,12 @@ def project_error_message(exc: BaseException) -> str | None:
             text = str(current).strip()
             return _strip_step(text.splitlines()[0] if text else type(current).__name__)
         current = current.__cause__ or current.__context__
-    found = _PROJECT_ERROR_LINE.findall(str(exc))
+    found = PROJECT_ERROR_LINE.findall(str(exc))
     return _strip_step(found[-1]) if found else None
 
 
 def _strip_step(line: str) -> str:
     return re.sub(r" \[while running '[^']*'\]$", "", line.strip())[:500]
-
-
-def _quiet_logging() -> None:
-    class _DropNoise(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            # The runner logs a failing step with a traceback; the project's own errors are reported once,
-            # as one line, by main().
-            if record.exc_info and isinstance(record.exc_info[1], project_errors()):
-                return False
-            # The runner's own error logs (worker tracebacks relayed as job messages, on the root logger too).
-            if record.levelno >= logging.ERROR and _PROJECT_ERROR_LINE.search(record.getMessage()):
-                return False
-            return "apitools not found" not in record.getMessage()
-
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropNoise())
 
 
 def plan_build(args: argparse.Namespace):
