@@ -170,7 +170,8 @@ def test_ci_runs_exactly_the_readme_set_up_and_test_commands():
     section = readme[readme.index("## Set up and run"):readme.index("## The pipeline")]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     install, main_job, tests = ([line.strip() for line in block.splitlines() if line.strip()] for block in blocks)
-    assert install[0].startswith("python3.11 -m venv .venv") and tests == ["lint-imports", "python -m pytest -q"]
+    assert install[0].startswith("python3.11 -m venv .venv") and tests == ["pip install -e '.[test,dataflow]'", "lint-imports",
+                                                                  "python -m pytest -q"]
     assert "--index-url https://download.pytorch.org/whl/cpu" in install[1] and "--no-deps" in install[1]
     assert main_job == ["python -m pipelines.build --source stackexchange --output releases/cardano"]
     ci = [line.strip() for line in (REPO_ROOT / ".ci" / "run").read_text().splitlines()
