@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", choices=["agnews", "quora"], default="agnews")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
                         help="our back end (the peer always runs sentence-transformers on torch)")
     args = parser.parse_args(argv)
 
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.embedding import get_encoder
 
     embedding = EmbeddingConfig(backend=args.backend)
-    model = get_encoder(EmbeddingConfig()).model  # the peer's model: the same weights, loaded once
+    model = get_encoder(EmbeddingConfig(backend="torch")).model  # the peer's: the same weights, loaded once
     get_encoder(embedding)  # ours, loaded before timing too
     pairs = read_pairs(args.pairs, args.limit)
     work = Path(tempfile.mkdtemp(prefix="negatives-peer-"))
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_times.append(peer_seconds)
         our_times.append(our_seconds)
         print(f"run {repeat + 1}: mine_hard_negatives {peer_seconds:.1f} s, ours {our_seconds:.1f} s", flush=True)
-    vectors = embed_all([peer_triplets, our_triplets], EmbeddingConfig())
+    vectors = embed_all([peer_triplets, our_triplets], EmbeddingConfig(backend="torch"))
     peer_audit = audit(peer_triplets, pairs, vectors)
     our_audit = audit(our_triplets, pairs, vectors)
     peer_best, our_best = min(peer_times), min(our_times)

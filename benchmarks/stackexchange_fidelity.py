@@ -99,13 +99,14 @@ def main(release: Path, dumps: list[Path]) -> None:
             stock += STOCK in text.casefold()
             if dataset == "stackexchange_duplicates":
                 continue
-            site = row["provenance"]["site"]
+            extra = json.loads(row["provenance"]["extra"])  # source-specific provenance (one release schema)
+            site = extra["site"]
             ids = row["provenance"]["post_ids"]
             bodies = [posts[(site, post_id)].get("Body", "") for post_id in ids if (site, post_id) in posts]
             lines = text.split("\n")
             wanted = [line for body in bodies for line in indented_code_lines(body)]
             if wanted:
-                truncated = "normalize" in row["provenance"]
+                truncated = "normalize" in extra
                 code_pairs += 1
                 code_pairs_truncated += truncated
                 kept = all(keeps_line(lines, line) for line in wanted)

@@ -39,6 +39,7 @@ from pipelines.embedding import EmbedTexts, model_info
 from pipelines.metrics import StageMetrics
 from pipelines.negatives import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
                                  round_scores, select_negatives, shortage)
+from pipelines.progress import Progress
 from pipelines.records import RejectPolicy, content_hash, id_bucket, make_reject
 
 STAGE = "consistency"
@@ -302,15 +303,12 @@ def apply_decision(pair: dict[str, Any], decision: dict[str, Any] | None, negati
                 negative_scores.append(score)
         for rule, count in decision["skipped_by_rule"].items():
             summary[f"skipped:{rule}"] += count
-        short, dropped = shortage(len(negative_list), negatives)
+        short = shortage(len(negative_list), negatives)
         summary[f"negatives_count:{len(negative_list)}"] += 1
         summary["short"] += int(short)
-        if len(negative_list) < negatives.min_negatives:
-            summary["below_minimum"] += 1
-        if dropped:
+        if short:
             summary[f"dropped:{NEGATIVES_STAGE}:too_few_negatives"] += 1
-            detail = {"found": len(negative_list), "min_negatives": negatives.min_negatives,
-                      "num_negatives": negatives.num_negatives, "eligible": decision["eligible"],
+            detail = {"found": len(negative_list), "num_negatives": negatives.num_negatives, "eligible": decision["eligible"],
                       "positive": positive, "rank": rank, "skipped_by_rule": decision["skipped_by_rule"],
                       "block": decision["block"]}
             return None, make_reject(pair, stage=NEGATIVES_STAGE, reason="too_few_negatives", detail=detail,
@@ -394,7 +392,6 @@ def build_report(totals: dict[str, int], blocks: list[dict[str, Any]], unique_te
             "pairs_with_negatives": totals.get("pairs_with_negatives", 0),
             "negatives_mined": totals.get("negatives_mined", 0),
             "short": totals.get("short", 0),
-            "below_minimum": totals.get("below_minimum", 0),
             "dropped": totals.get(f"dropped:{NEGATIVES_STAGE}:too_few_negatives", 0),
             "per_pair_histogram": dict(sorted(prefixed("negatives_count:").items(), key=lambda kv: int(kv[0]))),
             "skipped_by_rule": prefixed("skipped:"),
@@ -472,8 +469,11 @@ class _DecideBlock(beam.DoFn):
     def setup(self):
         self.blocks = Metrics.counter(STAGE, "blocks")
         self.block_pairs = Metrics.distribution(STAGE, "block_pairs")
+        self.progress = None
 
-    def process(self, element):
+    def process(self, element, counts=None):
+        if self.progress is None:
+            self.progress = Progress("search", "pairs", sum(counts.values()) if counts else None)
         block, entries = element
         roles: dict[str, dict[str, tuple]] = {}
         for pair_id, role, key, norm, payload in entries:
@@ -488,6 +488,7 @@ class _DecideBlock(beam.DoFn):
                                        np.frombuffer(q_vec, dtype=self.dtype),
                                        np.frombuffer(d_vec, dtype=self.dtype)))
         result = decide_block(members, self.consistency, self.negatives, SCORE_SLACK[self.dtype])
+        self.progress.add(len(roles))
         self.blocks.inc()
         self.block_pairs.update(len(members))
         dimension = len(members[0].query_vector) if members else 0
@@ -597,7 +598,8 @@ class EmbeddingStages(beam.PTransform):
                                                counts=beam.pvalue.AsDict(counts)))
         decided = (embedded
                    | "GroupBlocks" >> beam.GroupByKey()
-                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype)).with_outputs(
+                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype),
+                                          counts=beam.pvalue.AsDict(counts)).with_outputs(
                        _DecideBlock.BLOCKS_TAG, _DecideBlock.REQUESTS_TAG, main="decisions"))
 
         if negatives is not None:

@@ -34,9 +34,20 @@ def run_command(command: Callable[[list[str]], int], argv: list[str] | None = No
         return exc.exit_status
 
 
+# A project error as the runner relays it in text (multi-process and remote workers pass tracebacks as text).
+PROJECT_ERROR_LINE = re.compile(r"\b(?:StoreError|AlreadyExists|ClaimHeld|InputError|ConfigError|UsageError): (.+)")
+
+
 def quiet_logging() -> None:
     class _DropNoise(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
+            # The runner logs a failing step with a traceback; the project's own errors are reported once,
+            # as one line, by run_command.
+            if record.exc_info and isinstance(record.exc_info[1], PairCurationError):
+                return False
+            # The runner's own error logs (worker tracebacks relayed as job messages, on the root logger too).
+            if record.levelno >= logging.ERROR and PROJECT_ERROR_LINE.search(record.getMessage()):
+                return False
             return "apitools not found" not in record.getMessage()
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

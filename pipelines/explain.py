@@ -10,33 +10,31 @@ id opens one data shard and one rejects shard per dataset, not the whole release
 duplicates needs every rejects shard; it is read (and says so) unless ``--no-absorbed`` is given.
 
 Exit status: 0 when the id is found, 1 when it is in neither the shards nor the rejects (one line), 2 when
-the release cannot be read (one line).
+the id is malformed or the release cannot be read (one line).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import re
 import sys
 import unicodedata
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from pipelines.cli import run_command
 from pipelines.errors import NotFound, UsageError
 from pipelines.records import ALL_STAGES, id_bucket
-from pipelines.schema import MANIFEST_KEY
+from pipelines.release.bounded import MAX_MANIFEST_BYTES, ObjectTooLarge, get_bounded, gzip_lines
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
+from pipelines.schema import MANIFEST_KEY
 
 _SHARD_INDEX = re.compile(r"-(\d+)\.jsonl\.gz$")
 _ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")
-_CACHED_SHARDS = 3
 _FOLLOW_HOPS = 5
 _SHOWN_RELATED = 10
 _SHOWN_ABSORBED = 20
@@ -73,14 +71,16 @@ class Release:
 
     def __init__(self, store: ReleaseStore):
         self.store = store
-        self._shards: OrderedDict[str, bytes] = OrderedDict()
         try:
             present = store.head(MANIFEST_KEY) is not None
         except Exception as exc:  # any store (local, S3): one line, never a traceback
             raise ReleaseUnreadable(f"cannot read {store.uri_for(MANIFEST_KEY)}: {_one_line(exc)}") from None
         if not present:
             raise ReleaseUnreadable(f"no {MANIFEST_KEY} at {store.uri}: not a complete release")
-        raw = self._get(MANIFEST_KEY)
+        try:
+            raw = get_bounded(store, MANIFEST_KEY, MAX_MANIFEST_BYTES, "manifest")
+        except StoreError as exc:
+            raise ReleaseUnreadable(_one_line(exc)) from None
         try:
             self.manifest = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -94,22 +94,36 @@ class Release:
         except Exception as exc:  # any store (local, S3): one line, never a traceback
             raise ReleaseUnreadable(f"cannot read {self.store.uri_for(key)}: {_one_line(exc)}") from None
 
-    def shard_text(self, key: str, cache: bool = True) -> bytes:
-        """The decompressed shard (a few recent ones are kept: lookups of related ids often hit the same)."""
-        if key in self._shards:
-            self._shards.move_to_end(key)
-            return self._shards[key]
+    def scan_shard(self, kind: str, dataset: str, key: str,
+                   searches: list[tuple[bytes, Callable[[dict[str, Any]], bool]]]) -> list[list[Located]]:
+        """One streamed pass over a shard: for each (needle, accept), the lines holding the needle whose record
+        ``accept`` takes. Lines are canonical JSON (sorted keys, no spaces, ASCII): a byte search finds candidate
+        lines without parsing the others; each candidate is parsed and checked, since the needle could also occur
+        in a nested object. Never more than one line (bounded) in memory: a gzip bomb fails fast."""
+        found: list[list[Located]] = [[] for _ in searches]
+        where = self.store.uri_for(key)
         try:
-            data = gzip.decompress(self._get(key))
+            with self.store.local_path(key) as path:
+                position = 0
+                for number, line in enumerate(gzip_lines(path)):
+                    for index, (needle, accept) in enumerate(searches):
+                        if needle not in line:
+                            continue
+                        try:
+                            record = json.loads(line)
+                        except ValueError:
+                            raise ReleaseUnreadable(f"{where}: line at byte {position} is not JSON") from None
+                        if isinstance(record, dict) and accept(record):
+                            found[index].append(Located(kind, dataset, key, number,
+                                                        (position, position + len(line)), record))
+                    position += len(line)
+        except ObjectTooLarge as exc:
+            raise ReleaseUnreadable(f"{where}: {exc}") from None
         except (OSError, EOFError, zlib.error) as exc:
-            raise ReleaseUnreadable(f"{self.store.uri_for(key)} is not a readable gzip shard: {_one_line(exc)}"
-                                    ) from None
-        if not cache:
-            return data
-        self._shards[key] = data
-        if len(self._shards) > _CACHED_SHARDS:
-            self._shards.popitem(last=False)
-        return data
+            raise ReleaseUnreadable(f"{where} is not a readable gzip shard: {_one_line(exc)}") from None
+        except StoreError as exc:
+            raise ReleaseUnreadable(f"cannot read {where}: {_one_line(exc)}") from None
+        return found
 
     def shard_keys(self, kind: str) -> dict[str, list[str]]:
         """dataset -> its listed shard keys, for kind "data" (manifest "datasets") or "rejects"."""
@@ -137,32 +151,8 @@ class Release:
                                           lambda record: record.get("id") == record_id)
         return found
 
-    def _lines_with(self, kind: str, dataset: str, key: str, needle: bytes, accept, text: bytes | None = None
-                    ) -> list[Located]:
-        # Lines are canonical JSON (sorted keys, no spaces, ASCII): a byte search finds candidate lines
-        # without parsing the shard; each candidate is parsed and checked, since the needle could also occur
-        # in a nested object.
-        text = self.shard_text(key) if text is None else text
-        found = []
-        # Matches come in order: line numbers are counted from the previous match, so a shard with many
-        # matches (a survivor of 100k duplicates) is still read once, not once per match.
-        counted_to, line_number = 0, 0
-        position = text.find(needle)
-        while position != -1:
-            newline = text.rfind(b"\n", counted_to, position)
-            start = counted_to if newline == -1 else newline + 1  # counted_to is always a line start
-            end = text.find(b"\n", position)
-            end = len(text) if end == -1 else end + 1
-            line_number += text.count(b"\n", counted_to, start)
-            counted_to = start
-            try:
-                record = json.loads(text[start:end])
-            except ValueError:
-                raise ReleaseUnreadable(f"{self.store.uri_for(key)}: line at byte {start} is not JSON") from None
-            if isinstance(record, dict) and accept(record):
-                found.append(Located(kind, dataset, key, line_number, (start, end), record))
-            position = text.find(needle, end)
-        return found
+    def _lines_with(self, kind: str, dataset: str, key: str, needle: bytes, accept) -> list[Located]:
+        return self.scan_shard(kind, dataset, key, [(needle, accept)])[0]
 
     def scan_rejects(self, record_id: str) -> tuple[list[Located], list[Located], int]:
         """Reads every rejects shard: (rejects whose detail.survivor_id is this id, rejects with this id, shards
@@ -173,11 +163,11 @@ class Release:
         for dataset, keys in self.shard_keys("rejects").items():
             for key in keys:
                 shards += 1
-                text = self.shard_text(key, cache=False)  # a full scan would only evict the useful entries
-                absorbed += self._lines_with("rejects", dataset, key, survivor_needle,
-                                             lambda r: _detail(r).get("survivor_id") == record_id, text)
-                same_id += self._lines_with("rejects", dataset, key, id_needle,
-                                            lambda r: r.get("id") == record_id, text)
+                found_absorbed, found_same = self.scan_shard("rejects", dataset, key, [
+                    (survivor_needle, lambda r: _detail(r).get("survivor_id") == record_id),
+                    (id_needle, lambda r: r.get("id") == record_id)])
+                absorbed += found_absorbed
+                same_id += found_same
         return absorbed, same_id, shards
 
 
@@ -231,6 +221,19 @@ def locate(release: Release, record_id: str, hops: int = _FOLLOW_HOPS) -> dict[s
     if isinstance(survivor, str) and hops > 1 and normalise_id(survivor) and survivor != record_id:
         result["survivor"] = locate(release, survivor, hops - 1)
     return result
+
+
+def _expand_extra(provenance: dict[str, Any]) -> dict[str, Any]:
+    """A published row keeps source-specific provenance in ``extra`` (a JSON object as a string, so every row
+    has one schema): shown as keys of their own."""
+    extra = provenance.get("extra")
+    try:
+        parsed = json.loads(extra) if isinstance(extra, str) else None
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        return provenance
+    return {**{key: value for key, value in provenance.items() if key != "extra"}, **parsed}
 
 
 def _stage_decisions(manifest: dict[str, Any], status: str, record: dict[str, Any], absorbed: list[Located] | None
@@ -392,6 +395,7 @@ def format_lineage(lineage: Lineage, full: bool = False) -> str:
         lines.append(f"  raw input  {clean(record.get('raw'), limit)}")
     lines.append("provenance")
     provenance = record.get("provenance") if isinstance(record.get("provenance"), dict) else {}
+    provenance = _expand_extra(provenance)
     for key in ["input", "record", "license", "url"] + sorted(set(provenance) - {"input", "record", "license", "url"}):
         if key in provenance:
             lines.append(f"  {key:<10} {clean(provenance[key], limit)}")
@@ -463,7 +467,7 @@ def make_parser() -> argparse.ArgumentParser:
         prog="python -m pipelines.explain",
         description="Show the lineage of one pair of a release, kept or rejected: its input record and licence, "
                     "each stage's decision with its numbers, scores and negatives, the duplicates it absorbed.",
-        epilog="exit status: 0 found, 1 not in the release, 2 release unreadable. S3 releases take their endpoint "
+        epilog="exit status: 0 found, 1 not in the release, 2 malformed id or release unreadable. S3 releases take their endpoint "
                "and keys from the standard AWS environment variables or profile.")
     parser.add_argument("release", metavar="RELEASE", help="a release folder or s3://bucket/prefix")
     parser.add_argument("id", metavar="ID", help="the pair (or reject) id, 32 hex characters")
@@ -479,7 +483,8 @@ def _explain_command(argv: list[str]) -> int:
     args = make_parser().parse_args(argv)
     record_id = normalise_id(args.id)
     if record_id is None:
-        raise NotFound(f"{clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)")
+        # A malformed id is a usage error (2), like a bad release path; 1 means a well-formed id is not there.
+        raise UsageError(f"{clean(args.id, 80)!s} is not a pair id (ids are 32 hexadecimal characters)")
     try:
         store = open_store(args.release)
     except (StoreError, ValueError, ImportError) as exc:  # an unsupported URI, a bad bucket name

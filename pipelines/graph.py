@@ -15,15 +15,19 @@ import apache_beam as beam
 from filters.registry import stage_names, stages
 from pipelines import pair_map as pair_map_lib
 from pipelines.config import PipelineConfig
+from pipelines.progress import CountProgress
 from pipelines.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
+from pipelines.release.location import (CONTRASTORS_CONFIG_KEY, contrastors_config_bytes, dataset_weights,
+                                        location_for)
 from pipelines.release.stats import ReleaseStats
-from pipelines.release.store import AlreadyExists
+from pipelines.release import ownership
+from pipelines.release.store import AlreadyExists, StoreError
 from pipelines.release.stores import open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
                                       summarize_rejects)
 from pipelines.report import render_report
-from pipelines.schema import CARD_KEY, DATA_PREFIX, REJECTS_PREFIX, REPORT_KEY
+from pipelines.schema import CARD_KEY, REPORT_KEY
 from sources.base import InputFile, Source
 
 
@@ -56,6 +60,10 @@ class BuildPlan:
     parts: list[SourcePart] = field(default_factory=list)
     license_id: str | None = None
     attribution: str | None = None
+    # The run holding the destination's claim (None: no claim, e.g. a translated job) and the keys that an
+    # earlier manifest or run record says the project wrote: the only ones clean-up may remove.
+    run_id: str | None = None
+    owned_keys: list[str] = field(default_factory=list)
 
     @property
     def active_stages(self) -> list[str]:
@@ -82,7 +90,10 @@ class _Finalize(beam.DoFn):
     """Writes the dataset card and report, removes stale objects, then commits manifest.json last."""
 
     def __init__(self, plan_static: dict[str, Any], output_uri: str, active_stages: list[str], overwrite: bool,
-                 license_id: str, attribution: str, pretty_name: str):
+                 license_id: str, attribution: str, pretty_name: str, run_id: str | None = None,
+                 owned_keys: list[str] | None = None):
+        self.run_id = run_id
+        self.owned_keys = set(owned_keys or ())
         self.static = plan_static
         self.output_uri = output_uri
         self.active_stages = active_stages
@@ -92,8 +103,9 @@ class _Finalize(beam.DoFn):
         self.pretty_name = pretty_name
 
     def process(self, _, read_counts, reject_counts, dataset_summaries, reject_summaries, stage_reports,
-                samples, stats, input_rows=(), dataset_owners=(), pair_map=()):
+                samples, stats, input_rows=(), input_outcomes=(), dataset_owners=(), pair_map=()):
         store = open_store(self.output_uri)
+        self._check_claim(store)
         if "mixture" in self.static:
             self.static = _with_mixture_datasets(self.static, list(dataset_owners))
         final_rows = {summary["dataset"]: summary["rows"] for summary in dataset_summaries}
@@ -101,13 +113,20 @@ class _Finalize(beam.DoFn):
                                              final_rows)
         # What became of every input row (sources that account for them): inputs[i].rows_by_outcome.
         static, funnel = input_rows_lib.apply_input_rows(self.static, funnel, list(input_rows))
+        warnings = empty_input_warnings(input_outcomes)
+        if warnings:
+            funnel["warnings"] = warnings
+        location = location_for(self.output_uri)
         files: list[dict[str, Any]] = []
         draft = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
-                                            files=files)
+                                            files=files, location=location)
+        # contrastors' data config: the trainer reads the release as it is, from where it is published.
+        contrastors_yaml = contrastors_config_bytes(location, draft["datasets"], dataset_weights(static))
+        store.put_bytes(CONTRASTORS_CONFIG_KEY, contrastors_yaml, content_type="application/yaml")
+        files.append(file_entry(CONTRASTORS_CONFIG_KEY, contrastors_yaml))
         the_map = pair_map[0] if pair_map else None
-        report_html = render_report(draft, samples, stats, license_id=self.license_id,
-                                    attribution=self.attribution, pair_map=the_map)
+        report_html = _render_report(draft, samples, stats, self.license_id, self.attribution, the_map)
         if report_html is not None:
             report_bytes = report_html.encode("utf-8")
             store.put_bytes(REPORT_KEY, report_bytes, content_type="text/html; charset=utf-8")
@@ -119,14 +138,26 @@ class _Finalize(beam.DoFn):
         files.append(file_entry(CARD_KEY, card_bytes))
         final = manifest_lib.build_manifest(static=static, funnel=funnel, dataset_summaries=dataset_summaries,
                                             reject_summaries=reject_summaries, stage_reports=stage_reports,
-                                            files=files)
-        # Objects under data/ and rejects/ that this release does not vouch for are leftovers of an earlier,
-        # interrupted or differently configured run: remove them before the commit.
+                                            files=files, location=location)
+        # Leftovers of an earlier, interrupted or differently configured run of this project are removed before
+        # the commit; objects the project did not write are never touched, and a release they would sit in
+        # (where readers and verify look) is not committed.
         wanted = manifest_lib.release_keys(final)
-        for prefix in (DATA_PREFIX, REJECTS_PREFIX):
-            for key in store.list_keys(prefix):
-                if key not in wanted:
-                    store.delete(key)
+        present = ownership.row_keys(store)
+        foreign = present - wanted - self.owned_keys
+        if foreign:
+            raise StoreError(f"{len(foreign)} object(s) not written by this project appeared under data/ or "
+                             f"rejects/ of {store.uri} during the run ({ownership.sample_keys(foreign)}); left "
+                             "alone, release not committed")
+        for key in sorted((present - wanted) & self.owned_keys):
+            store.delete(key)
+        # Every object the manifest vouches for must hold the bytes this run wrote (another writer, or a
+        # broken claim, would show here).
+        changed = ownership.mismatched_objects(store, ownership.manifest_entries(final))
+        if changed:
+            raise StoreError(f"{len(changed)} release object(s) at {store.uri} are not what this run wrote "
+                             f"({ownership.sample_keys(changed)}); release not committed")
+        self._check_claim(store)
         manifest_bytes = json_bytes(final)
         try:
             store.put_bytes(manifest_lib.MANIFEST_KEY, manifest_bytes, content_type=JSON,
@@ -135,6 +166,47 @@ class _Finalize(beam.DoFn):
             raise AlreadyExists(f"{store.uri_for(manifest_lib.MANIFEST_KEY)} appeared during the run; "
                                 "not overwritten (use --overwrite)") from None
         yield final
+
+
+    def _check_claim(self, store) -> None:
+        if self.run_id is not None and not ownership.claim_is_ours(store, self.run_id):
+            raise ownership.ClaimHeld(f"this run's claim on {store.uri} was removed or taken by another run "
+                                      "(--break-claim?); release not committed")
+
+
+def _input_of(record: dict[str, Any]) -> str:
+    provenance = record.get("provenance") or {}
+    return str(provenance.get("input") or "")
+
+
+def _rows_of(reject: dict[str, Any]) -> int:
+    # A collapsed run of unparseable lines is one reject standing for many lines.
+    lines = (reject.get("detail") or {}).get("lines")
+    return lines if isinstance(lines, int) and lines > 0 else 1
+
+
+def empty_input_warnings(input_outcomes) -> list[str]:
+    """A warning for each input that gave no pairs but rejects (a wrong file, encoding or format, say),
+    from ((input, "pair" or reject reason), rows) counts of the read stage."""
+    by_input: dict[str, dict[str, int]] = {}
+    for (name, outcome), count in input_outcomes:
+        by_input.setdefault(name, {})[outcome] = by_input.setdefault(name, {}).get(outcome, 0) + count
+    warnings = []
+    for name, outcomes in sorted(by_input.items()):
+        if not name or outcomes.get("pair"):
+            continue
+        rejected = sum(outcomes.values())
+        top = sorted(outcomes.items(), key=lambda item: (-item[1], item[0]))[:3]
+        reasons = ", ".join(f"{reason}={count}" for reason, count in top)
+        warnings.append(f"input {name} gave no pairs: {rejected} row(s) rejected ({reasons})")
+    return warnings
+
+
+def _render_report(draft_manifest: dict[str, Any], samples: list[dict[str, Any]], stats: list[dict[str, Any]],
+                   license_id: str, attribution: str, pair_map: dict[str, Any] | None = None) -> str:
+    # matplotlib is a dependency: a missing one fails the build loudly instead of dropping report.html.
+    return render_report(draft_manifest, samples, stats, license_id=license_id, attribution=attribution,
+                         pair_map=pair_map)
 
 
 def _with_mixture_datasets(static: dict[str, Any], owners: list[tuple[str, int]]) -> dict[str, Any]:
@@ -236,8 +308,17 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     row_rejects = read.get("row_rejects")
     input_rows = read.get("input_rows") or (pipeline | "NoInputRows" >> beam.Create([]))
     read_counts = _count_by(read_pairs, "ReadCount", lambda pair: pair["dataset"])
+    read_rejects = ([read["rejects"], row_rejects] | "ReadAndRowRejects" >> beam.Flatten()
+                    if row_rejects is not None else read["rejects"])
+    input_outcomes = ((read_pairs | "InputPairKey" >> beam.Map(lambda pair: ((_input_of(pair), "pair"), 1)),
+                       read_rejects | "InputRejectKey" >> beam.Map(
+                           lambda reject: ((_input_of(reject), reject["reason"]), _rows_of(reject))))
+                      | "InputOutcomes" >> beam.Flatten()
+                      | "InputOutcomeSum" >> beam.CombinePerKey(sum))
 
     for label, transform in stage_transforms(plan):
+        # Which stage is working: a stderr line when its first pair arrives, then its count every few seconds.
+        _ = pairs | f"{label}Progress" >> beam.ParDo(CountProgress(label, "pairs"))
         result = pairs | label >> transform
         pairs = result["pairs"]
         reject_parts.append(result["rejects"])
@@ -250,10 +331,16 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     release = plan.config.release
     shard_infos = pairs | "WritePairs" >> WriteShards(plan.output_uri, "data", release.shard_rows,
                                                       release.gzip_level)
-    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level)
+    dataset_summaries = shard_infos | "Indexes" >> WriteDatasetIndexes(plan.output_uri, release.gzip_level,
+                                                                       location_for(plan.output_uri))
     reject_infos = rejects | "WriteRejects" >> WriteShards(plan.output_uri, "rejects", release.reject_shard_rows,
                                                            release.gzip_level)
     reject_summaries = summarize_rejects(reject_infos)
+    rows_to_write = ((pairs, rejects) | "RowsToWrite" >> beam.Flatten()
+                     | "CountRowsToWrite" >> beam.combiners.Count.Globally())
+    _ = ((shard_infos, reject_infos) | "ShardsWritten" >> beam.Flatten()
+         | "WriteProgress" >> beam.ParDo(CountProgress("write", "rows", weight_key="rows"),
+                                         total=beam.pvalue.AsSingleton(rows_to_write)))
     reject_counts = (_count_by(candidate_rejects, "RejectCount", lambda r: (r["dataset"], r["stage"], r["reason"]))
                      | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
     stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()
@@ -264,7 +351,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
     finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,
                          plan.license_id or plan.source.license_id,
                          release.attribution or plan.attribution or plan.source.attribution,
-                         release.pretty_name)
+                         release.pretty_name, plan.run_id, plan.owned_keys)
     return (pipeline
             | "FinalizeTrigger" >> beam.Create([None])
             | "Finalize" >> beam.ParDo(
@@ -277,6 +364,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                 samples=beam.pvalue.AsList(samples),
                 stats=beam.pvalue.AsList(stats),
                 input_rows=beam.pvalue.AsList(input_rows),
+                input_outcomes=beam.pvalue.AsList(input_outcomes),
                 dataset_owners=beam.pvalue.AsList(dataset_owners),
                 pair_map=beam.pvalue.AsList(pair_map)))
 

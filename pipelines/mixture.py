@@ -41,7 +41,8 @@ def own_sections() -> set[str]:
     return set(OWN_SECTIONS) | {stage.config_key for stage in stages() if stage.per_source and stage.config_key}
 
 
-def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_output: str):
+def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_output: str, refuse_overlap):
+    """The BuildPlan of a mixture; ``refuse_overlap`` is the build's check that --output holds no input."""
     from filters.registry import stage_names, stages
     from pipelines.config import (ConfigError, PipelineConfig, apply_values, config_hash, load_config, load_mixture,
                                   resolved_dict)
@@ -125,18 +126,19 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
     parts, described_all, sources_entries, inputs_all = [], [], [], []
     try:
         store = open_store(output_uri)
-        if store.exists(MANIFEST_KEY):
-            if not args.overwrite:
-                raise UsageError(f"a complete release already exists at {store.uri_for(MANIFEST_KEY)}; "
-                                 "choose another --output or pass --overwrite to replace it")
-            store.delete(MANIFEST_KEY)
+        if store.exists(MANIFEST_KEY) and not args.overwrite:
+            raise UsageError(f"a complete release already exists at {store.uri_for(MANIFEST_KEY)}; "
+                             "choose another --output or pass --overwrite to replace it")
         for index, (entry, source, config, source_config) in enumerate(loaded):
             given = ([_resolve(base, uri) for uri in entry.inputs] if entry.inputs is not None
                      else source.default_inputs(source_config, config.download))
             inputs = expand_inputs(given)
             if source.select_inputs is not None:
                 inputs = source.select_inputs(inputs, source_config)
-            read = source.read(inputs, source_config, RunContext(source_name=entry.source, policy=policy))
+            refuse_overlap(output_uri, store, given, inputs)
+            read = source.read(inputs, source_config, RunContext(
+                source_name=entry.source, policy=policy,
+                max_extracted_bytes=config.download.max_extracted_bytes))
             described = describe_inputs(inputs)
             inputs_all.extend(inputs)
             described_all.extend(described)
@@ -146,8 +148,9 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
                 "source": entry.source, "weight": entry.weight,
                 "inputs": [item["name"] for item in described],
                 "config": own_config, "config_sha256": _sha256_json(own_config)})
-        evaluation = (describe_inputs(expand_inputs(shared.decontaminate.inputs))
-                      if "decontaminate" not in skipped else [])
+        evaluation_files = expand_inputs(shared.decontaminate.inputs) if "decontaminate" not in skipped else []
+        refuse_overlap(output_uri, store, list(shared.decontaminate.inputs), evaluation_files)
+        evaluation = describe_inputs(evaluation_files)
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 

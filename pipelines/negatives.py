@@ -137,9 +137,7 @@ def select_negatives(candidates: Sequence[Candidate], *, pair_id: str, own_key: 
                      skipped_by_rule={rule: n for rule, n in skipped.items() if n})
 
 
-def shortage(found: int, config: NegativesConfig) -> tuple[bool, bool]:
-    """(short, dropped): fewer than ``num_negatives`` found; fewer than ``min_negatives`` and configured to
-    drop."""
-    short = found < config.num_negatives
-    dropped = found < config.min_negatives and config.on_shortage == "drop"
-    return short, dropped
+def shortage(found: int, config: NegativesConfig) -> bool:
+    """Fewer than ``num_negatives`` found: the pair cannot join a triplet dataset (whose rows must all bring
+    the same number of documents), so it is rejected."""
+    return found < config.num_negatives

@@ -133,9 +133,35 @@ def objective_metadata(has_negatives: bool) -> dict[str, Any]:
     return {"objective": objective}
 
 
+# Provenance keys every published row has, with one type each; whatever else a source records (answer_url,
+# tags, normalize, ...) goes to "extra" as a JSON object in a string. Different keys or types per dataset would
+# stop Hugging Face `datasets` from loading every shard of a release in one call (it casts every file to the
+# first file's Arrow schema, and a key missing or null there cannot take a value elsewhere).
+RELEASE_PROVENANCE_KEYS = ("record", "input", "license", "url", "post_ids", "extra")
+
+
+def release_provenance(provenance: dict[str, Any] | None) -> dict[str, Any]:
+    provenance = dict(provenance or {})
+    post_ids = provenance.pop("post_ids", None) or []
+    release = {key: "" if provenance.get(key) is None else str(provenance.get(key))
+               for key in ("record", "input", "license", "url")}
+    for key in release:
+        provenance.pop(key, None)
+    release["post_ids"] = [str(post_id) for post_id in post_ids]
+    release["extra"] = dumps_line(provenance)
+    return release
+
+
+def release_extra(row: dict[str, Any]) -> dict[str, Any]:
+    """The source-specific provenance of a published row (``provenance.extra``), as a dict."""
+    return json.loads(row["provenance"]["extra"])
+
+
 def to_release_row(pair: dict[str, Any]) -> dict[str, Any]:
-    """The published form of a pair: required keys, objective metadata, distillation score columns."""
+    """The published form of a pair: required keys, one provenance schema, objective metadata, distillation
+    score columns."""
     row = dict(pair)
+    row["provenance"] = release_provenance(row.get("provenance"))
     row.setdefault("negatives", [])
     row.setdefault("scores", {})
     row["metadata"] = objective_metadata(bool(row["negatives"]))

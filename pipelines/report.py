@@ -30,6 +30,9 @@ from pipelines.records import ALL_STAGES
 from pipelines.release.stats import LENGTH_EDGES, SCORE_BINS, label_order, score_bin_edges
 
 TEXT_PREVIEW_CHARS = 300
+# Sample texts show this much in the table; the whole text (up to FULL_TEXT_CHARS) opens below it.
+SAMPLE_PREVIEW_CHARS = 160
+FULL_TEXT_CHARS = 5_000
 MAX_PLOTTED_DATASETS = 12
 
 _MPL_STYLE = {
@@ -57,8 +60,8 @@ pre{background:#f7f7f7;padding:.6em;overflow-x:auto;white-space:pre-wrap;word-br
 img.plot{max-width:100%;height:auto;display:block;margin:.6em 0;border:1px solid #eee}
 .note{color:#555;font-size:.92em}.skipped{color:#8a5a00;background:#fff6e0;padding:.4em .7em;
 border-left:4px solid #e0a800}
-.text{min-width:8em;max-width:38em;max-height:12em;overflow:auto;white-space:pre-wrap;
-word-break:break-word}
+.text{min-width:8em;max-width:30em;white-space:pre-wrap;word-break:break-word;margin:0}
+.text .full{border-top:1px dashed #ccc;margin-top:.3em;padding-top:.3em}
 .wrap{overflow-wrap:anywhere;min-width:10em}nav ul{columns:2;font-size:.92em}details{margin:.5em 0}summary{cursor:pointer}
 """
 
@@ -256,8 +259,27 @@ def rank_plot(stats: list[dict[str, Any]]) -> str | None:
     return _plot(figure, "consistency rank histogram")
 
 
-def _score_axis(axis, xlabel: str) -> None:
-    axis.set_xlim(-1, 1)
+def score_range(summaries: list[dict[str, Any]]) -> tuple[float, float]:
+    """The x range of the score plots: 0..1 when every plotted score is at least 0 (cosine scores of one
+    model usually are), else from the lowest score's 0.1 step down to 1, so the data fills the plot."""
+    lowest = None
+    for summary in summaries:
+        edges = summary.get("score_edges") or score_bin_edges()
+        histograms = [summary.get("positive_kept", []), summary.get("negative_kept", []),
+                      *summary.get("rejected_score", {}).values()]
+        for histogram in histograms:
+            first = next((index for index, count in enumerate(histogram) if count), None)
+            if first is not None and first < len(edges):
+                lowest = edges[first] if lowest is None else min(lowest, edges[first])
+        for point in summary.get("scatter", []):
+            lowest = min(point[:2]) if lowest is None else min(lowest, *point[:2])
+    if lowest is None or lowest >= 0:
+        return 0.0, 1.0
+    return max(-1.0, math.floor(round(lowest * 10, 6)) / 10), 1.0
+
+
+def _score_axis(axis, xlabel: str, span: tuple[float, float]) -> None:
+    axis.set_xlim(*span)
     axis.set_xlabel(xlabel)
 
 
@@ -269,6 +291,7 @@ def positive_score_plot(stats: list[dict[str, Any]]) -> str | None:
         return None
     figure = _figure(10, 2.6 * len(datasets))
     axes = figure.subplots(len(datasets), 1, squeeze=False)[:, 0]
+    span = score_range(datasets)
     for axis, summary in zip(axes, datasets):
         edges = summary.get("score_edges") or score_bin_edges()
         axis.stairs(summary.get("positive_kept", [0] * SCORE_BINS), edges, color=_KEPT_COLOUR, label="kept",
@@ -276,7 +299,7 @@ def positive_score_plot(stats: list[dict[str, Any]]) -> str | None:
         dropped = summary.get("rejected_score", {}).get("consistency")
         if dropped:
             axis.stairs(dropped, edges, color=_DROPPED_COLOUR, label="dropped by consistency", linewidth=1.4)
-        _score_axis(axis, "cosine(query, own document), 0.02-wide bins")
+        _score_axis(axis, "cosine(query, own document), 0.02-wide bins", span)
         axis.set_ylabel("pairs")
         axis.set_title(f"{summary['dataset']}: positive scores", loc="left")
         axis.legend(fontsize=8)
@@ -290,14 +313,15 @@ def negative_score_plot(stats: list[dict[str, Any]]) -> str | None:
         return None
     figure = _figure(10, 3.6 * len(datasets))
     axes = figure.subplots(len(datasets), 2, squeeze=False)
+    span = score_range(datasets)
     for (scatter_axis, histogram_axis), summary in zip(axes, datasets):
         points = summary.get("scatter", [])
         if points:
             scatter_axis.scatter([p[0] for p in points], [p[1] for p in points], s=4, alpha=0.5,
                                  color="#3b6ea8", linewidths=0)
-        scatter_axis.plot([-1, 1], [-1, 1], color="#888", linewidth=0.8, linestyle="--")
-        _score_axis(scatter_axis, "positive score")
-        scatter_axis.set_ylim(-1, 1)
+        scatter_axis.plot(span, span, color="#888", linewidth=0.8, linestyle="--")
+        _score_axis(scatter_axis, "positive score", span)
+        scatter_axis.set_ylim(*span)
         scatter_axis.set_ylabel("hardest negative's score")
         scatter_axis.set_title(f"{summary['dataset']}: positive vs hardest negative ({len(points):,} pairs)",
                                loc="left")
@@ -306,7 +330,7 @@ def negative_score_plot(stats: list[dict[str, Any]]) -> str | None:
                               label="positives", linewidth=1.4)
         histogram_axis.stairs(summary.get("negative_kept", [0] * SCORE_BINS), edges, color="#3b6ea8",
                               label="negatives", linewidth=1.4)
-        _score_axis(histogram_axis, "cosine score, 0.02-wide bins")
+        _score_axis(histogram_axis, "cosine score, 0.02-wide bins", span)
         histogram_axis.set_ylabel("count")
         histogram_axis.set_title("positive and negative scores", loc="left")
         histogram_axis.legend(fontsize=8)
@@ -376,7 +400,7 @@ def _overview(manifest: dict[str, Any], license_id: str, attribution: str) -> st
             ["rows rejected", f"{sum(s.get('rows', 0) for s in rejects.values()):,}"]]
     if license_id:
         rows.append(["release licence", license_id])
-    parts = ["<h2 id=\"overview\">Overview</h2>", _table(["", ""], rows)]
+    parts = ["<h2 id=\"overview\">Overview</h2>", _table(["field", "value"], rows)]
     if attribution:
         parts.append(f'<p class="note">Attribution: {esc(attribution)}</p>')
     mixture = manifest.get("mixture")
@@ -592,12 +616,29 @@ def _provenance_cell(provenance: Any) -> _Html:
     def shown(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
 
-    lines = [f"<b>{esc(key)}</b>: {esc(_preview(shown(provenance[key]), 200))}" for key in sorted(provenance)]
-    return _Html('<div class="wrap">' + "<br>".join(lines) + "</div>")
+    def line(key: str) -> str:
+        return f"<b>{esc(key)}</b>: {esc(_preview(shown(provenance[key]), 200))}"
+
+    # The record and its URL say where the pair comes from; the rest opens on a click, keeping rows short.
+    first = [key for key in ("record", "url") if key in provenance]
+    rest = [key for key in sorted(provenance) if key not in first]
+    markup = "<br>".join(line(key) for key in first)
+    if rest:
+        more = "<br>".join(line(key) for key in rest)
+        markup += (("<br>" if markup else "") +
+                   f"<details><summary>{len(rest)} more</summary>{more}</details>")
+    return _Html('<div class="wrap">' + markup + "</div>")
 
 
 def _text_cell(text: Any) -> _Html:
-    return _Html(f'<div class="text">{esc(_preview(text))}</div>')
+    """A sample text: in full when short; else its start with an ellipsis, and the full text one click away
+    (a <details> element: no script), so nothing is clipped and the table stays short."""
+    text = "" if text is None else str(text)
+    if len(text) <= SAMPLE_PREVIEW_CHARS:
+        return _Html(f'<div class="text">{esc(text)}</div>')
+    head = text[:SAMPLE_PREVIEW_CHARS].rstrip()
+    return _Html(f'<details class="text"><summary>{esc(head)}…</summary>'
+                 f'<div class="full">{esc(_preview(text, FULL_TEXT_CHARS))}</div></details>')
 
 
 def _scores_cell(scores: Any) -> _Html:
@@ -621,8 +662,8 @@ def _stage_order(stage: str) -> int:
 def _samples_section(samples: list[dict[str, Any]]) -> str:
     parts = ['<h2 id="samples">Samples</h2>',
              '<p class="note">The pairs with the smallest ids in each group (a choice independent of content): '
-             'kept pairs per dataset, and rejects per stage and reason. Texts are cut at '
-             f'{TEXT_PREVIEW_CHARS} characters.</p>']
+             'kept pairs per dataset, and rejects per stage and reason (click a group to open it). Long texts '
+             f'show their first {SAMPLE_PREVIEW_CHARS} characters; click one to read it whole.</p>']
     groups = sorted((tuple(str(part) for part in sample.get("group", [])), sample.get("items", []))
                     for sample in samples or [])
     kept = [(group, items) for group, items in groups if group and group[0] == "kept"]
@@ -637,8 +678,9 @@ def _samples_section(samples: list[dict[str, Any]]) -> str:
                  _text_cell(item.get("document")), _scores_cell(item.get("scores")),
                  len(item.get("negatives") or []), _provenance_cell(item.get("provenance"))]
                 for item in sorted(items, key=lambda item: str(item.get("id", "")))]
-        parts.append(f"<h4>{esc(group[1])}</h4>")
+        parts.append(f"<details open><summary><b>{esc(group[1])}</b> ({len(rows)} pairs)</summary>")
         parts.append(_table(["id", "query", "document", "scores", "negatives", "provenance"], rows, {4}))
+        parts.append("</details>")
     parts.append("<h3>Rejects by stage and reason</h3>")
     if not rejected:
         parts.append(_missing("No rejects."))
@@ -653,8 +695,10 @@ def _samples_section(samples: list[dict[str, Any]]) -> str:
                          _Html(f'<div class="mono wrap">{esc(_preview(detail, 400))}</div>'),
                          _provenance_cell(item.get("provenance"))])
         stage, reason = (group + ("", ""))[1:3]
-        parts.append(f"<h4>{esc(stage)} / {esc(reason)}</h4>")
+        # Closed by default: one line per reason keeps the page short; the funnel already gives the counts.
+        parts.append(f"<details><summary><b>{esc(stage)} / {esc(reason)}</b> ({len(rows)} samples)</summary>")
         parts.append(_table(["id", "dataset", "query (or raw input)", "document", "detail", "provenance"], rows))
+        parts.append("</details>")
     return "\n".join(parts)
 
 
@@ -709,7 +753,7 @@ def _model_section(manifest: dict[str, Any]) -> str:
         parts.append(_missing("No embedding model was used: " + (
             f"stages skipped: {', '.join(sorted(skipped))}." if skipped else "none recorded.")))
     elif isinstance(model, dict):
-        parts.append(_table(["", ""], [
+        parts.append(_table(["field", "value"], [
             [key, json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value]
             for key, value in sorted(model.items())]))
     else:

@@ -173,6 +173,9 @@ def translate(argv: list[str]) -> dict[str, Any]:
 
     parser = make_translate_parser()
     args, beam_args = parser.parse_known_args(argv)
+    from pipelines.cli_options import check_unknown_options
+
+    check_unknown_options(beam_args, parser)
     output = _require_remote_output(args.output)
     options = dataflow_options(beam_args)
     out = Path(args.out)

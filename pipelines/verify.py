@@ -3,7 +3,10 @@
 RELEASE is a local folder or ``s3://bucket/prefix`` (endpoint and keys from the AWS environment or profile).
 Every object the manifest lists is fetched and compared with the manifest (size, sha256); every shard is
 decompressed and each line checked (ASCII, canonical JSON with sorted keys, the pair or reject schema, its
-dataset); row counts are checked against the manifest and counts.json, line offsets against offsets.json.gz;
+dataset; in a triplet dataset, the manifest's negatives_per_row); row counts are checked against the manifest
+and counts.json, line offsets against offsets.json.gz, both keyed as contrastors looks shards up from the
+manifest's ``location`` (which must be where an S3 release is: a copy elsewhere fails until published there
+with ``pipelines.publish``), and contrastors.yaml against the manifest's datasets;
 objects under data/ or rejects/ that the manifest does not list are reported too (a trainer globbing the
 folder would read them). Each failing object is named once, with the first thing found wrong (and the line).
 
@@ -29,7 +32,6 @@ rebuild cannot run (inputs not found, the build failing).
 from __future__ import annotations
 
 import argparse
-import gzip
 import hashlib
 import json
 import os
@@ -50,9 +52,14 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from pipelines.cli import run_command
 from pipelines.errors import PairCurationError, UsageError
 from pipelines.records import SKIPPABLE_STAGES, dumps_line
-from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
+from pipelines.release.bounded import (INDEX_BYTES_PER_ROW, INDEX_BYTES_PER_SHARD, INDEX_SLACK_BYTES, MAX_MANIFEST_BYTES,
+                                      ObjectTooLarge, get_bounded, gunzip_bounded, gzip_lines)
+from pipelines.release.location import (CONTRASTORS_CONFIG_KEY, LocationError, contrastors_config_bytes,
+                                        dataset_weights, index_key,
+                                        location_for)
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
+from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
 
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -77,6 +84,8 @@ class ShardEntry(FileEntry):
 class DatasetEntry(_Strict):
     rows: StrictInt = Field(ge=0)
     shards: list[ShardEntry]
+    # Every row's number of negatives, when they all have the same (a triplet dataset when > 0).
+    negatives_per_row: StrictInt | None = None
     counts: FileEntry
     offsets: FileEntry
 
@@ -88,6 +97,8 @@ class RejectsEntry(_Strict):
 
 class Manifest(_Strict):
     format: Literal[RELEASE_FORMAT]
+    # Where the index files' keys resolve: "" (read from the release folder) or s3://bucket[/prefix].
+    location: StrictStr = ""
     datasets: dict[str, DatasetEntry]
     rejects: dict[str, RejectsEntry] = {}
     files: list[FileEntry] = []
@@ -106,10 +117,26 @@ class _Metadata(_Strict):
     objective: _Objective
 
 
-class _Provenance(_Strict):
+class _Provenance(BaseModel):
+    """One schema in every row of every dataset (what lets `datasets` load all shards in one call): the keys of
+    ``pipelines.records.RELEASE_PROVENANCE_KEYS``, the source-specific rest as a JSON object in ``extra``."""
+    model_config = ConfigDict(extra="forbid")
     record: StrictStr
     input: StrictStr
     license: StrictStr
+    url: StrictStr
+    post_ids: list[StrictStr]
+    extra: StrictStr
+
+    @model_validator(mode="after")
+    def _extra_is_an_object(self):
+        try:
+            extra = json.loads(self.extra)
+        except ValueError:
+            extra = None
+        if not isinstance(extra, dict):
+            raise ValueError("provenance.extra must hold a JSON object")
+        return self
 
 
 class PairLine(_Strict):
@@ -200,9 +227,11 @@ def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number from 1, raw line with its newline) of a gzip file; gzip damage becomes an ObjectFailure."""
     number = 0
     try:
-        with gzip.open(path, "rb") as stream:
-            for number, line in enumerate(stream, start=1):
-                yield number, line
+        # Streamed with a line limit: a gzip bomb (a huge line, or any other content) fails fast.
+        for number, line in enumerate(gzip_lines(path), start=1):
+            yield number, line
+    except ObjectTooLarge as error:
+        raise ObjectFailure(str(error)) from None
     except (OSError, EOFError, zlib.error) as error:
         raise ObjectFailure(f"not a valid gzip stream after line {number}: {error}") from None
 
@@ -224,7 +253,8 @@ def _parse_line(number: int, line: bytes) -> dict[str, Any]:
     return row
 
 
-def check_data_shard(path: Path, entry: ShardEntry, dataset: str) -> ShardResult:
+def check_data_shard(path: Path, entry: ShardEntry, dataset: str, negatives_per_row: int | None = None
+                     ) -> ShardResult:
     _check_hash(path, entry)
     offsets: list[list[int]] = []
     seen_ids: set[str] = set()
@@ -239,6 +269,9 @@ def check_data_shard(path: Path, entry: ShardEntry, dataset: str) -> ShardResult
             raise ObjectFailure(f"line {number}: dataset {pair.dataset!r} in the folder of {dataset!r}")
         if pair.id in seen_ids:
             raise ObjectFailure(f"line {number}: id {pair.id} appears twice")
+        if negatives_per_row is not None and len(pair.negatives) != negatives_per_row:
+            raise ObjectFailure(f"line {number}: {len(pair.negatives)} negatives, the manifest says every row of "
+                                f"{dataset!r} has {negatives_per_row}")
         seen_ids.add(pair.id)
         offsets.append([position, position + len(line)])
         position += len(line)
@@ -274,6 +307,7 @@ class ReleaseVerifier:
         self.seed = seed
         self.workers = max(1, workers)
         self.report = Report()
+        self.manifest: Manifest | None = None
 
     # Each check raises ObjectFailure (the object's first fault) or StoreError (it cannot be read).
     def _guarded(self, key: str, check, *args) -> Any:
@@ -310,7 +344,11 @@ class ReleaseVerifier:
         if not self.store.exists(MANIFEST_KEY):
             self.report.fail(MANIFEST_KEY, "missing: the release is incomplete (or there is none here)")
             return None
-        raw = self.store.get_bytes(MANIFEST_KEY)
+        try:
+            raw = get_bounded(self.store, MANIFEST_KEY, MAX_MANIFEST_BYTES, "manifest")
+        except ObjectTooLarge as error:
+            self.report.fail(MANIFEST_KEY, str(error).replace(self.store.uri_for(MANIFEST_KEY) + " ", "", 1))
+            return None
         try:
             if not raw.isascii():
                 raise ValueError("not ASCII")
@@ -374,17 +412,22 @@ class ReleaseVerifier:
         return None
 
     def _check_counts(self, path: Path, entry: FileEntry, name: str, dataset: DatasetEntry) -> None:
+        if entry.bytes > INDEX_BYTES_PER_SHARD * len(dataset.shards) + INDEX_SLACK_BYTES:
+            raise ObjectFailure(f"listed as {entry.bytes} bytes, more than a counts.json of "
+                                f"{len(dataset.shards)} shards needs: not read")
         _check_hash(path, entry)
         try:
             counts = json.loads(path.read_bytes())
         except ValueError as error:
             raise ObjectFailure(f"not JSON: {error}") from None
-        expected = {"count_per_file": {shard.key: shard.rows for shard in dataset.shards},
+        location = self.manifest.location
+        expected = {"count_per_file": {index_key(location, shard.key): shard.rows for shard in dataset.shards},
                     "total_count": dataset.rows}
         if not isinstance(counts, dict) or set(counts) != set(expected):
             raise ObjectFailure('expected exactly the keys "count_per_file" and "total_count"')
         if counts["count_per_file"] != expected["count_per_file"]:
-            raise ObjectFailure("count_per_file does not match the manifest's shards")
+            raise ObjectFailure("count_per_file does not match the manifest's shards (keyed for "
+                                f"{location or 'the release folder'})")
         if counts["total_count"] != dataset.rows:
             raise ObjectFailure(f"total_count {counts['total_count']}, manifest says {dataset.rows}")
 
@@ -392,13 +435,18 @@ class ReleaseVerifier:
                        computed: dict[str, list[list[int]]]) -> None:
         _check_hash(path, entry)
         try:
-            offsets = json.loads(gzip.decompress(path.read_bytes()))
+            offsets = json.loads(gunzip_bounded(path, INDEX_BYTES_PER_ROW * dataset.rows
+                                                + INDEX_BYTES_PER_SHARD * len(dataset.shards) + INDEX_SLACK_BYTES))
+        except ObjectTooLarge as error:
+            raise ObjectFailure(f"{error} for {dataset.rows} rows") from None
         except (OSError, EOFError, zlib.error, ValueError) as error:
             raise ObjectFailure(f"not gzip-compressed JSON: {error}") from None
-        if not isinstance(offsets, dict) or set(offsets) != {shard.key for shard in dataset.shards}:
-            raise ObjectFailure("its shard keys differ from the manifest's shards")
+        location = self.manifest.location
+        if not isinstance(offsets, dict) or set(offsets) != {index_key(location, s.key) for s in dataset.shards}:
+            raise ObjectFailure("its shard keys differ from the manifest's shards (keyed for "
+                                f"{location or 'the release folder'})")
         for shard in dataset.shards:
-            listed = offsets[shard.key]
+            listed = offsets[index_key(location, shard.key)]
             if not isinstance(listed, dict) or len(listed) != shard.rows:
                 raise ObjectFailure(f"{shard.key}: {len(listed) if isinstance(listed, dict) else 'no'} line "
                                     f"offsets for {shard.rows} rows")
@@ -410,10 +458,38 @@ class ReleaseVerifier:
                     raise ObjectFailure(f"{shard.key}: line {line} offsets {listed.get(str(line))}, "
                                         f"the shard has {span}")
 
+    def _check_location(self, manifest: Manifest) -> str | None:
+        """Index keys resolve only where the manifest says the release is read from: an S3 release must sit
+        there (a local folder may be a downloaded copy, read for auditing)."""
+        if not self.store.uri.startswith("s3://"):
+            return None
+        try:
+            here = location_for(self.store.uri)
+        except LocationError as error:
+            return str(error)
+        if manifest.location != here:
+            return (f"indexed for {manifest.location or 'a release folder'}, but published at {here}: contrastors "
+                    f"would not find its shards (publish with: python -m pipelines.publish SOURCE {here})")
+        return None
+
+    def _check_contrastors_config(self, path: Path, entry: FileEntry, manifest: Manifest) -> None:
+        _check_hash(path, entry)
+        datasets = {name: {"shards": [{"key": shard.key} for shard in dataset.shards],
+                           "negatives_per_row": dataset.negatives_per_row}
+                    for name, dataset in manifest.datasets.items()}
+        weights = dataset_weights({"mixture": (manifest.model_extra or {}).get("mixture")})
+        if path.read_bytes() != contrastors_config_bytes(manifest.location, datasets, weights):
+            raise ObjectFailure("does not list exactly the manifest's datasets, shards and objectives for "
+                                f"{manifest.location or 'the release folder'}")
+
     def run(self) -> Report:
         manifest = self._load_manifest()
         if manifest is None:
             return self.report
+        self.manifest = manifest
+        problem = self._check_location(manifest)
+        if problem:
+            self.report.fail(MANIFEST_KEY, problem)
         data_shards = [(name, shard) for name, dataset in sorted(manifest.datasets.items())
                        for shard in dataset.shards]
         reject_shards = [(name, shard) for name, rejects in sorted(manifest.rejects.items())
@@ -438,8 +514,10 @@ class ReleaseVerifier:
             if shard.key not in full:
                 self._check_listed_size(shard)
                 return shard.key, None
-            check = check_data_shard if kind == "data" else check_reject_shard
-            return shard.key, self._fetch_and_check(shard, check, name)
+            if kind == "data":
+                return shard.key, self._fetch_and_check(shard, check_data_shard, name,
+                                                        manifest.datasets[name].negatives_per_row)
+            return shard.key, self._fetch_and_check(shard, check_reject_shard, name)
 
         work = [("data", name, shard) for name, shard in data_shards] + \
                [("rejects", name, shard) for name, shard in reject_shards]
@@ -457,7 +535,10 @@ class ReleaseVerifier:
             self._fetch_and_check(dataset.offsets, self._check_offsets, dataset, computed)
             self.report.objects_checked += 2
         for entry in manifest.files:
-            self._fetch_and_check(entry, _check_hash)
+            if entry.key == CONTRASTORS_CONFIG_KEY:
+                self._fetch_and_check(entry, self._check_contrastors_config, manifest)
+            else:
+                self._fetch_and_check(entry, _check_hash)
             self.report.objects_checked += 1
         return self.report
 
@@ -495,10 +576,10 @@ def recorded_input_uris(store: ReleaseStore) -> dict[str, str]:
     """Input name -> the URI it was read from, from the release's run records (the newest record wins)."""
     uris: dict[str, str] = {}
     for key in sorted(store.list_keys(RUN_RECORD_PREFIX), reverse=True):
-        if not re.fullmatch(r"runs/run-[0-9TZ]+\.json", key):
+        if not re.fullmatch(r"runs/run-[0-9TZ]+(-[0-9a-f]{8})?\.json", key):
             continue
         try:
-            record = json.loads(store.get_bytes(key))
+            record = json.loads(get_bounded(store, key, MAX_MANIFEST_BYTES, "run record"))
         except (StoreError, ValueError):
             continue
         for entry in record.get("inputs", []) if isinstance(record, dict) else []:
@@ -560,9 +641,10 @@ def check_inputs(inputs: list[dict[str, Any]], located: dict[str, str]) -> list[
 
 
 def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
-    """--input arguments that give every input its recorded name. A local file is linked into a tree that
-    mirrors its name (the build names a file by its path below the folder it was given); a remote one is passed
-    as it is (the build names it by its base name)."""
+    """--input arguments that give every input its recorded name. A local file is hard-linked (or, across
+    filesystems, copied) into a tree that mirrors its name (the build names a file by its path below the folder
+    it was given; it refuses symbolic links that leave that folder); a remote one is passed as it is (the build
+    names it by its base name)."""
     arguments: list[str] = []
     for name, uri in sorted(located.items()):
         if "://" in uri and not uri.startswith("file://"):
@@ -570,7 +652,11 @@ def stage_inputs(located: dict[str, str], folder: Path) -> list[str]:
             continue
         link = folder / _safe_input_name(name)
         link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri))
+        source = os.path.realpath(uri[len("file://"):] if uri.startswith("file://") else uri)
+        try:
+            os.link(source, link)
+        except OSError:  # another filesystem, or a file we may not link
+            shutil.copyfile(source, link)
         top = str(folder / name.split("/", 1)[0])
         if top not in arguments:
             arguments.append(top)
@@ -617,6 +703,25 @@ def compare_rebuild(manifest: dict[str, Any], rebuilt: Path) -> list[str]:
     return lines
 
 
+def _index_rebuild_for(release: Path, location: str) -> None:
+    """The rebuild is a local folder; a release published elsewhere carries index files for its location:
+    rewrite the rebuilt ones the way pipelines.publish does, so that like is compared with like."""
+    from pipelines.release.location import LocationError
+    from pipelines.release.relocate import relocate
+    from pipelines.release.writer import json_bytes
+
+    store = open_store(str(release))
+    try:
+        with tempfile.TemporaryDirectory(prefix="rebuild-index-") as workdir:
+            relocated, rewritten = relocate(store, json.loads(store.get_bytes(MANIFEST_KEY)), location,
+                                            Path(workdir))
+            for key, path in rewritten.items():
+                store.put_file(key, path)
+    except (LocationError, StoreError, ValueError) as error:
+        raise RebuildError(f"cannot index the rebuild for {location}: {error}") from None
+    store.put_bytes(MANIFEST_KEY, json_bytes(relocated))
+
+
 def _commit_warning(manifest: dict[str, Any]) -> str | None:
     from pipelines.build import project_identity
 
@@ -635,7 +740,7 @@ def rebuild_release(store: ReleaseStore, *, overrides: list[str] | None = None, 
     import yaml
 
     try:
-        manifest = json.loads(store.get_bytes(MANIFEST_KEY))
+        manifest = json.loads(get_bounded(store, MANIFEST_KEY, MAX_MANIFEST_BYTES, "manifest"))
     except (StoreError, ValueError) as error:
         raise RebuildError(f"cannot read {MANIFEST_KEY}: {error}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("source"), str) \
@@ -676,6 +781,8 @@ def rebuild_release(store: ReleaseStore, *, overrides: list[str] | None = None, 
         result = subprocess.run(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
         if result.returncode != 0:
             raise RebuildError(f"the rebuild failed (build exit status {result.returncode}; its error is above)")
+        if manifest.get("location"):
+            _index_rebuild_for(folder / "release", str(manifest["location"]))
         return compare_rebuild(manifest, folder / "release")
     finally:
         if not keep:

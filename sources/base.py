@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -51,6 +52,8 @@ class RunContext:
 
     source_name: str
     policy: RejectPolicy
+    # How many bytes one archive member given as input may unpack to (download.max_extracted_bytes).
+    max_extracted_bytes: int = 64 << 30
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -95,6 +98,7 @@ def expand_inputs(uris: list[str]) -> list[InputFile]:
             if folders:
                 # A glob of dump folders ('dumps/*.stackexchange.com'): each folder is read as if named alone.
                 for folder in folders:
+                    check_inside_root(folder, glob_root(uri), raw, folder_link=True)
                     files.update((item.uri, item) for item in expand_inputs([folder]))
                 continue
             if os.path.isdir(uri):
@@ -103,10 +107,14 @@ def expand_inputs(uris: list[str]) -> list[InputFile]:
                 found = False
                 for folder, dirs, names in os.walk(root):
                     dirs.sort()
+                    for name in dirs:
+                        # os.walk does not descend into linked folders: one that leads outside is named.
+                        check_inside_root(os.path.join(folder, name), root, raw, folder_link=True)
                     for name in sorted(names):
                         if name.startswith("."):
                             continue
                         path = os.path.join(folder, name)
+                        check_inside_root(path, root, raw)
                         files[path] = InputFile(path, os.path.relpath(path, base).replace(os.sep, "/"),
                                                 os.path.getsize(path))
                         found = True
@@ -128,8 +136,41 @@ def expand_inputs(uris: list[str]) -> list[InputFile]:
             path = metadata.path
             if not _is_remote(path):
                 path = os.path.abspath(path)
+                if path != os.path.abspath(uri):  # a glob match: it must stay under the glob's fixed folders
+                    check_inside_root(path, glob_root(uri), raw)
+                elif not _is_regular(path):
+                    raise InputError(f"input is not a regular file: {raw}")
             files[path] = InputFile(path, os.path.basename(path), metadata.size_in_bytes)
     return [files[key] for key in sorted(files)]
+
+
+def _is_regular(path: str) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def glob_root(pattern: str) -> str:
+    """The folders of a local glob before its first wildcard: everything it matches lies under them."""
+    fixed = []
+    for part in pattern.split(os.sep):
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return os.path.abspath(os.sep.join(fixed) or os.sep)
+
+
+def check_inside_root(path: str, root: str, raw: str, *, folder_link: bool = False) -> None:
+    """Inputs stay inside their tree: a symbolic link found in an input folder (or glob) is followed only when
+    it resolves inside that folder, and only regular files are read (no devices, pipes or sockets)."""
+    real_root = os.path.realpath(root)
+    target = os.path.realpath(path)  # a link on the file, or on a folder between it and the root
+    if target != real_root and not target.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise InputError(f"input {path} is a symbolic link to outside {raw}: refused (inputs are read only "
+                         "inside the folder or glob given)")
+    if not folder_link and not _is_regular(path):
+        raise InputError(f"input {path} is not a regular file (or a link to one): refused")
 
 
 def _matching_folders(pattern: str) -> list[str]:

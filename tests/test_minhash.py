@@ -212,8 +212,11 @@ def test_banding_derived_towards_recall():
     # datasketch's balanced default (9 x 13) misses most pairs at the threshold; ours keeps pairs at +0.05.
     assert kernel.candidate_probability(0.8, 9, 13) < 0.5
     assert kernel.candidate_probability(0.85, bands, rows) > 0.97
-    assert resolve_banding(MinHashConfig(bands=16, rows=8)) == (16, 8)
-    assert resolve_banding(MinHashConfig()) == (14, 9)
+    assert resolve_banding(MinHashConfig(bands=20, rows=6)) == (20, 6)
+    assert resolve_banding(MinHashConfig(candidate_margin=0)) == (14, 9)
+    # The default aims at threshold - 0.05: pairs at +0.05 are candidates 99.4% of the time.
+    assert resolve_banding(MinHashConfig()) == (16, 8)
+    assert kernel.candidate_probability(0.85, 16, 8) > 0.99
 
 
 def test_band_hashes_separate_bands():
@@ -404,7 +407,8 @@ def test_stage_keeps_one_pair_per_planted_cluster(planted, reference_run):
     kept, rejects, report = reference_run
     check_planted_result(planted, kept, rejects, report)
     assert report["components_method"] == "local"
-    assert report["parameters"]["bands"] == 14 and report["parameters"]["rows"] == 9
+    assert report["parameters"]["bands"] == 16 and report["parameters"]["rows"] == 8
+    assert report["parameters"]["verify"] == "exact" and report["parameters"]["token_hash"] == "xxh32"
     # Kept pairs come out unchanged.
     by_id = {pair["id"]: pair for pair in pairs}
     assert all(pair == by_id[pair["id"]] for pair in kept)

@@ -87,6 +87,11 @@ def test_three_sources_one_release(tmp_path, shared_data):
     # The funnel covers every source's datasets; verify accepts the release.
     assert set(manifest["funnel"]["per_dataset"]) >= datasets
     assert verify.main([str(out)]) == 0
+    # contrastors' data config: every dataset with its source's weight.
+    entries = {entry["name"]: entry for entry in yaml.safe_load((out / "contrastors.yaml").read_text())["datasets"]}
+    assert set(entries) == {name for name, summary in manifest["datasets"].items() if summary["shards"]}
+    assert entries["my_pairs"]["weight"] == 3.0 and entries["stackexchange_title_body"]["weight"] == 2.0
+    assert entries["quora_duplicates"]["weight"] == 1.0
 
     # The map: 2,000 of the kept pairs (there are more), one circle each, titled with query and id.
     report = (out / "report.html").read_text()

@@ -102,11 +102,11 @@ def test_random_sampling_is_seeded_by_the_pair_id_and_reported_in_rank_order():
     assert first.scores == sorted(first.scores, reverse=True)
 
 
-def test_shortage_is_counted_and_dropped_only_when_configured():
-    assert shortage(3, NegativesConfig(num_negatives=7, min_negatives=1)) == (True, False)
-    assert shortage(0, NegativesConfig(num_negatives=7, min_negatives=1, on_shortage="keep")) == (True, False)
-    assert shortage(0, NegativesConfig(num_negatives=7, min_negatives=1, on_shortage="drop")) == (True, True)
-    assert shortage(7, NegativesConfig(num_negatives=7, min_negatives=7, on_shortage="drop")) == (False, False)
+def test_a_pair_short_of_num_negatives_is_short():
+    assert shortage(3, NegativesConfig(num_negatives=7))
+    assert shortage(0, NegativesConfig(num_negatives=7))
+    assert not shortage(7, NegativesConfig(num_negatives=7))
+    assert not shortage(2, NegativesConfig(num_negatives=2))
 
 
 def test_few_candidates_give_fewer_negatives():

@@ -14,8 +14,8 @@ pytest_plugins = ("tests.s3_server",)
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")
 
 
-def test_build_publishes_verifies_and_refuses_to_overwrite(shared_data, s3_env, s3_bucket, r2_rules, monkeypatch,
-                                                           capsys):
+def test_build_publishes_verifies_and_refuses_to_overwrite(stackexchange_sample, s3_env, s3_bucket, r2_rules,
+                                                           monkeypatch, capsys):
     make_client = S3Store._make_client
 
     def recorded_client(store):  # on top of s3_env's own R2 checks: record the order of writes
@@ -24,7 +24,7 @@ def test_build_publishes_verifies_and_refuses_to_overwrite(shared_data, s3_env, 
         return client
 
     monkeypatch.setattr(S3Store, "_make_client", recorded_client)
-    site = str(shared_data / "stackexchange" / "cardano.stackexchange.com")
+    site = str(stackexchange_sample)
     uri = f"s3://{s3_bucket}/rel"
     assert run_build("--source", "stackexchange", "--input", site, "--output", uri, *FAST) == 0
     r2_rules.assert_clean()

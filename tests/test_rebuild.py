@@ -19,13 +19,13 @@ SITE = "cardano.stackexchange.com"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory, shared_data):
-    """The cardano sample copied to a dump folder and built (no embedding stages, to keep it fast)."""
+def built(tmp_path_factory, stackexchange_sample):
+    """The bundled cardano sample copied to a dump folder and built (no embedding stages, to keep it fast)."""
     root = tmp_path_factory.mktemp("rebuild")
     dump = root / "dump" / SITE
     dump.mkdir(parents=True)
     for name in ("Posts.xml", "PostLinks.xml"):
-        shutil.copyfile(shared_data / "stackexchange" / SITE / name, dump / name)
+        shutil.copyfile(stackexchange_sample / name, dump / name)
     release = root / "release"
     assert run_build("--source", "stackexchange", "--input", str(dump), "--output", str(release),
                      "--skip", "consistency", "--skip", "negatives") == 0

@@ -291,10 +291,10 @@ def test_report_shows_samples_inputs_and_model():
 # -- a real build ----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def release(shared_data, tmp_path_factory) -> Path:
+def release(stackexchange_sample, tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("report") / "release"
-    status = run_build("--source", "stackexchange", "--input", str(shared_data / "stackexchange" /
-                       "cardano.stackexchange.com"), "--output", str(output), "--skip", "minhash",
+    status = run_build("--source", "stackexchange", "--input", str(stackexchange_sample),
+                       "--output", str(output), "--skip", "minhash",
                        "--skip", "consistency", "--skip", "negatives")
     assert status == 0
     return output
@@ -313,3 +313,51 @@ def test_every_release_has_a_listed_report_linked_from_the_card(release):
     for dataset, summary in manifest["datasets"].items():
         assert f"<td>{dataset}</td><td class=\"n\">{summary['rows']:,}</td>" in html
     assert "cardano.stackexchange.com/Posts.xml" in html and "CC BY-SA 4.0" in html
+
+
+# -- layout: score range, samples, model table ----------------------------------------------------------------
+
+def test_score_plots_span_the_data_range():
+    from pipelines.report import positive_score_plot, score_range
+
+    edges = stats_lib.score_bin_edges()
+    in_unit = [0] * stats_lib.SCORE_BINS
+    in_unit[stats_lib.score_bin(0.31)] = 4
+    in_unit[stats_lib.score_bin(0.93)] = 2
+    summary = {"dataset": "d", "positive_kept": in_unit, "score_edges": edges}
+    assert score_range([summary]) == (0.0, 1.0)
+    below = list(in_unit)
+    below[stats_lib.score_bin(-0.23)] = 1
+    assert score_range([summary, {"dataset": "e", "negative_kept": below}]) == (-0.3, 1.0)
+    assert score_range([{"dataset": "f", "scatter": [[0.5, -0.05]]}]) == (-0.1, 1.0)
+    assert score_range([]) == (0.0, 1.0)
+    # The plot itself: its axis starts at 0, with no tick at -1 or -0.5.
+    svg = embedded_images(positive_score_plot([summary]))[0].decode()
+    ticks = re.findall(r">(\u2212?\d\.\d+)<", svg)
+    assert "0.0" in ticks and "1.0" in ticks and not any(t.startswith("\u2212") for t in ticks)
+
+
+def test_sample_texts_are_cut_with_an_ellipsis_and_open_whole():
+    kept, _ = synthetic_records()
+    html = cached_report()
+    shown = [p["document"] for p in kept if len(p["document"]) > 600 and f'<span class="mono">{p["id"]}</span>' in html]
+    assert shown, "no long sample document in the report"
+    for document in shown:
+        # Whole inside the <details>, and its first characters with an ellipsis as the summary.
+        assert f'<div class="full">{document}</div>' in html
+        assert re.search(re.escape(document[:100]) + r"[^<]*…</summary>", html)
+    assert "max-height" not in html and "overflow:auto" not in html  # no scroll boxes that clip text
+    # Provenance shows the record and its URL; the other keys open on a click.
+    assert "<b>record</b>: demo_title_body/" in html
+    assert re.search(r"<details><summary>2 more</summary><b>input</b>: [^<]+<br><b>license</b>: CC BY-SA 4.0</details>",
+                     html)
+    # Reject groups are closed by default, kept pairs open.
+    assert html.count("<details open><summary><b>demo_") == 2
+    assert re.search(r"<details><summary><b>minhash / near_duplicate</b> \(\d+ samples\)</summary>", html)
+
+
+def test_model_table_has_named_headers():
+    html = cached_report()
+    model = html[html.index('<h2 id="model">'):html.index('<h2 id="configuration">')]
+    assert "<th>field</th><th>value</th>" in model
+    assert "<th></th>" not in html

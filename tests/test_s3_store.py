@@ -45,16 +45,21 @@ def _sizes_and_hashes(objects: dict) -> dict[str, tuple[int, str]]:
 
 
 @pytest.fixture
-def big_release(tmp_path) -> list[tuple[str, Path]]:
-    """A sample release with one shard over the 5 MiB part size (two parts: 5 MiB and the rest)."""
-    files = build_sample_release(tmp_path / "staging", datasets={"alpha_pairs": [3, 700], "beta_pairs": [2]},
-                                 filler=16_000)
-    sizes = {key: path.stat().st_size for key, path in files}
-    assert PART < sizes["data/alpha_pairs/shard-00001.jsonl.gz"] < 2 * PART
-    return files
+def big_release(tmp_path):
+    """A sample release with one shard over the 5 MiB part size (two parts: 5 MiB and the rest), its index
+    files keyed for the place it is verified at (``location``, as contrastors would read it there)."""
+    def stage(location: str) -> list[tuple[str, Path]]:
+        files = build_sample_release(tmp_path / f"staging-{location.replace('/', '_')}",
+                                     datasets={"alpha_pairs": [3, 700], "beta_pairs": [2]}, filler=16_000,
+                                     location=location)
+        sizes = {key: path.stat().st_size for key, path in files}
+        assert PART < sizes["data/alpha_pairs/shard-00001.jsonl.gz"] < 2 * PART
+        return files
+    return stage
 
 
 def test_a_published_release_follows_the_layout_and_r2_rules(s3_env, s3_bucket, big_release, r2_rules):
+    big_release = big_release(f"s3://{s3_bucket}/releases/v1")
     store = S3Store.from_uri(f"s3://{s3_bucket}/releases/v1", part_size=PART)
     r2_rules.attach(store.client)
     publish(store, big_release)
@@ -137,6 +142,7 @@ def test_the_manifest_is_created_once(s3_env, s3_bucket, tmp_path):
 def test_an_interrupted_publish_resumes_with_only_what_is_missing_or_differs(s3_env, s3_bucket, big_release,
                                                                             r2_rules):
     uri = f"s3://{s3_bucket}/resumed"
+    big_release = big_release(uri)
     first = S3Store.from_uri(uri, part_size=PART)
     # The first run stops after three shards, one of them cut short mid-upload by a crash.
     for key, path in big_release[:2]:
@@ -159,6 +165,7 @@ def test_an_interrupted_publish_resumes_with_only_what_is_missing_or_differs(s3_
 
 
 def test_faults_on_the_wire_still_yield_the_same_release(s3_env, s3_bucket, big_release, r2_rules, monkeypatch):
+    big_release = big_release(f"s3://{s3_bucket}/faulty")
     publish(S3Store(s3_bucket, "clean", part_size=PART), big_release)
     with FaultyProxy(s3_env.endpoint, stall_s=1.5) as proxy:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)

@@ -13,6 +13,7 @@ import pytest
 
 from sources.stackexchange import (StackExchangeSourceConfig, choose_answer, license_for, parse_row, site_of)
 from sources.text import html_to_text, parse_tags
+from pipelines.records import release_extra
 from tests.helpers import release_rejects, release_rows, run_build
 
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")
@@ -122,7 +123,7 @@ def test_cardano_release_accounts_for_every_question(cardano_release):
     assert {r["reason"] for r in qa_rejected} <= {"no_answer", "no_answer_above_min_score", "query_equals_document",
                                                   "exact_duplicate", "document_too_short", "query_too_short"}
     # accepted answers are preferred: 459 accepted answers exist in the dump
-    accepted = [row for row in qa_kept if row["provenance"]["answer_choice"] == "accepted"]
+    accepted = [row for row in qa_kept if release_extra(row)["answer_choice"] == "accepted"]
     assert 400 <= len(accepted) <= 459
 
 
@@ -167,7 +168,7 @@ def test_release_rows_have_provenance_and_licence(cardano_release):
     provenance = row["provenance"]
     assert provenance["license"] == "CC BY-SA 4.0"
     assert provenance["url"].startswith("https://cardano.stackexchange.com/q/")
-    assert provenance["answer_url"].startswith("https://cardano.stackexchange.com/a/")
+    assert release_extra(row)["answer_url"].startswith("https://cardano.stackexchange.com/a/")
     assert provenance["input"] == "cardano.stackexchange.com/Posts.xml"
     assert provenance["record"].startswith("cardano.stackexchange.com/posts/")
     card = (cardano_release / "README.md").read_text()
@@ -244,7 +245,7 @@ def test_truncated_dump_invalid_bytes_and_pipe_tags(tmp_path):
     out = tmp_path / "out"
     assert run_build("--source", "stackexchange", "--input", str(site), "--output", str(out), *FAST) == 0
     kept = release_rows(out, "stackexchange_title_body")
-    assert [row["provenance"]["tags"] for row in kept] == [["beam", "dataflow"]]
+    assert [release_extra(row)["tags"] for row in kept] == [["beam", "dataflow"]]
     reasons = sorted(r["reason"] for r in release_rejects(out, "stackexchange_posts"))
     assert reasons == ["invalid_utf8", "malformed_xml_row"]
 
@@ -303,7 +304,7 @@ def test_without_input_the_site_dump_is_downloaded_and_cached(shared_data, tmp_p
         template = f"http://127.0.0.1:{server.server_address[1]}/{{site}}.7z"
         cache = tmp_path / "cache"
         out = tmp_path / "downloaded"
-        assert run_build("--source", "stackexchange", "--output", str(out), "--set", f"source.url_template={template}",
+        assert run_build("--source", "stackexchange", "--output", str(out), "--set", "source.sites=[cardano.stackexchange.com]", "--set", f"source.url_template={template}",
                          "--set", f"download.cache_dir={cache}", *FAST) == 0
     finally:
         server.shutdown()
@@ -314,7 +315,7 @@ def test_without_input_the_site_dump_is_downloaded_and_cached(shared_data, tmp_p
                 == {r["id"] for r in release_rows(cardano_release, dataset)})
     # The server is gone: a second build reuses the cached dump.
     again = tmp_path / "again"
-    assert run_build("--source", "stackexchange", "--output", str(again), "--set", f"source.url_template={template}",
+    assert run_build("--source", "stackexchange", "--output", str(again), "--set", "source.sites=[cardano.stackexchange.com]", "--set", f"source.url_template={template}",
                      "--set", f"download.cache_dir={cache}", *FAST) == 0
 
 
@@ -324,6 +325,7 @@ def test_without_input_and_network_one_line_says_pass_input(tmp_path):
 
     result = subprocess.run(
         [sys.executable, "-m", "pipelines.build", "--source", "stackexchange", "--output", str(tmp_path / "o"),
+         "--set", "source.sites=[cardano.stackexchange.com]",
          "--set", "source.url_template=http://127.0.0.1:9/{site}.7z", "--set", f"download.cache_dir={tmp_path}"],
         capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 import py7zr
 import pytest
 
+from pipelines.records import release_extra
 from sources.base import InputError, InputFile
 from sources.stackexchange_layout import (archive_tables, missing_links_line, missing_links_warnings, plan_dump,
                                           site_in_name)
@@ -135,7 +136,7 @@ def test_several_sites_by_glob_or_repeated_input(shared_data, tmp_path):
                      "--input", str(root / "cardano.stackexchange.com"), "--output", str(repeated), *FAST) == 0
     for dataset in ("stackexchange_title_body", "stackexchange_question_answer"):
         rows = release_rows(by_glob, dataset)
-        assert {row["provenance"]["site"] for row in rows} == {"cardano.stackexchange.com",
+        assert {release_extra(row)["site"] for row in rows} == {"cardano.stackexchange.com",
                                                                "coffee.stackexchange.com"}
         assert {row["id"] for row in rows} == {row["id"] for row in release_rows(repeated, dataset)}
     manifest = json.loads((by_glob / "manifest.json").read_text())

@@ -30,6 +30,20 @@ STAGE_LABELS = {"normalize": "normalize", "exact_dedup": "exact_dedup", "minhash
 RELEASE_LABELS = ["Read", "WritePairs", "Indexes", "WriteRejects", "Finalize"]
 
 
+def _dataflow_runner_installed() -> bool:
+    try:
+        from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# Translating for Dataflow needs Beam's Dataflow runner, which comes with the optional `dataflow` extra.
+needs_dataflow = pytest.mark.skipif(
+    not _dataflow_runner_installed(),
+    reason="the Dataflow runner is not installed (apache-beam[gcp]): pip install -e '.[test,dataflow]'")
+
+
 def _run(*args: str) -> int:
     try:
         return translate.main(list(args))
@@ -85,6 +99,7 @@ def _pipeline_proto(out: Path) -> beam_runner_api_pb2.Pipeline:
     return beam_runner_api_pb2.Pipeline.FromString(staged[0].read_bytes())
 
 
+@needs_dataflow
 def test_translation_is_offline_and_complete(translated):
     status, out, attempts = translated
     assert status == 0
@@ -110,6 +125,7 @@ def test_translation_is_offline_and_complete(translated):
         assert any(name.endswith(module) for name in names), module
 
 
+@needs_dataflow
 def test_every_stage_is_in_the_job_graph(translated):
     _, out, _ = translated
     proto = _pipeline_proto(out)
@@ -130,6 +146,7 @@ def test_every_stage_is_in_the_job_graph(translated):
     assert all(env.urn == "beam:env:docker:v1" for env in proto.components.environments.values())
 
 
+@needs_dataflow
 def test_no_secret_in_anything_written(translated):
     _, out, _ = translated
     folder = out.parent
@@ -181,6 +198,7 @@ def test_secret_scan_finds_a_leak(tmp_path):
                              (str(packed), "AWS_SECRET_ACCESS_KEY")]
 
 
+@needs_dataflow
 def test_a_secret_slipped_into_an_option_stops_the_translation(shared_data, tmp_path, monkeypatch, capsys,
                                                                no_network):
     """An option whose name looks harmless but whose value is a secret (here a label) is caught by the scan

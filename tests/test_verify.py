@@ -14,6 +14,7 @@ from typing import Any, Callable
 import pytest
 
 from pipelines.records import dumps_line, make_reject, new_pair, to_release_row
+from pipelines.release.location import index_key
 from pipelines.release.store import LocalStore, ReleaseStore
 from pipelines.release.stores import open_store
 from pipelines.verify import ReleaseVerifier, main, verify_release
@@ -54,11 +55,13 @@ def sample_rows(dataset: str, count: int, *, seed: int = 0, filler: int = 0) -> 
 
 def build_sample_release(folder: Path, *, datasets: dict[str, list[int]] | None = None, filler: int = 0,
                          edit_row: Callable[[str, int, dict], dict] | None = None,
-                         edit_offsets: Callable[[dict], dict] | None = None) -> list[tuple[str, Path]]:
+                         edit_offsets: Callable[[dict], dict] | None = None, location: str = "",
+                         negatives_per_row: dict[str, int] | None = None) -> list[tuple[str, Path]]:
     """Write a release's objects under ``folder``; returns (key, file) in commit order, manifest.json last.
 
     ``datasets`` maps a dataset to its rows per shard. ``edit_row(dataset, line, row)`` and
-    ``edit_offsets(offsets)`` plant faults that the manifest then vouches for (consistent hashes).
+    ``edit_offsets(offsets)`` plant faults that the manifest then vouches for (consistent hashes). The index
+    files are keyed for ``location`` (where the release is to be read from).
     """
     datasets = datasets or {"alpha_pairs": [3, 4], "beta_pairs": [2]}
     objects: dict[str, bytes] = {}
@@ -80,16 +83,19 @@ def build_sample_release(folder: Path, *, datasets: dict[str, list[int]] | None 
             start += count
             objects[key] = _gzip(b"".join(lines))
             shards.append(_entry(key, objects[key], rows=count))
-            offsets[key] = spans
+            offsets[index_key(location, key)] = spans
         if edit_offsets:
             offsets = edit_offsets(offsets)
         counts_key, offsets_key = f"data/{dataset}/counts.json", f"data/{dataset}/offsets.json.gz"
-        objects[counts_key] = json.dumps({"count_per_file": {s["key"]: s["rows"] for s in shards},
+        objects[counts_key] = json.dumps({"count_per_file": {index_key(location, s["key"]): s["rows"]
+                                                             for s in shards},
                                           "total_count": sum(shard_rows)}, sort_keys=True, indent=1).encode()
         objects[offsets_key] = _gzip(json.dumps(offsets, sort_keys=True, separators=(",", ":")).encode())
         manifest_datasets[dataset] = {"rows": sum(shard_rows), "shards": shards,
                                       "counts": _entry(counts_key, objects[counts_key]),
                                       "offsets": _entry(offsets_key, objects[offsets_key])}
+        if negatives_per_row and dataset in negatives_per_row:
+            manifest_datasets[dataset]["negatives_per_row"] = negatives_per_row[dataset]
         reject_key = f"rejects/{dataset}/rejects-00000.jsonl.gz"
         reject = make_reject(rows[0], stage="minhash", reason="near_duplicate", detail={"of": rows[-1]["id"]},
                              policy=KEEP_TEXTS)
@@ -99,7 +105,7 @@ def build_sample_release(folder: Path, *, datasets: dict[str, list[int]] | None 
     objects["report.html"] = b"<!doctype html><title>report</title>"
     manifest = {"format": "pair-curation/release-v1", "project": {"name": "pair-curation", "version": "0"},
                 "source": "sample", "skipped_stages": [], "config": {}, "config_sha256": "0" * 64, "inputs": [],
-                "model": None, "funnel": {}, "stage_reports": {}, "datasets": manifest_datasets,
+                "model": None, "funnel": {}, "stage_reports": {}, "datasets": manifest_datasets, "location": location,
                 "rejects": manifest_rejects,
                 "files": [_entry(key, objects[key]) for key in ("README.md", "report.html")]}
     objects["manifest.json"] = (json.dumps(manifest, sort_keys=True, ensure_ascii=True, indent=1) + "\n").encode()
@@ -187,6 +193,11 @@ def test_an_object_the_manifest_does_not_list_is_named(local_release):
     (lambda row: {k: v for k, v in row.items() if k != "scores"}, "line 2: scores: Field required"),
     (lambda row: dict(row, negatives=["ok", 7]), "line 2: negatives.1: Input should be a valid string"),
     (lambda row: dict(row, dataset="other_pairs"), "line 2: dataset 'other_pairs' in the folder of 'beta_pairs'"),
+    # One schema: a source-specific key belongs in provenance.extra.
+    (lambda row: dict(row, provenance={**row["provenance"], "tags": ["a"]}),
+     "line 2: provenance.tags: Extra inputs are not permitted"),
+    (lambda row: dict(row, provenance={**row["provenance"], "extra": "[1]"}),
+     "line 2: provenance: Value error, provenance.extra must hold a JSON object"),
     (lambda row: dict(row, metadata={"objective": {"self": [], "paired": [["query", "document"]]}},
                       negatives=["a hard negative"]),
      "line 2: Value error, a row with negatives must list the triplet"),
@@ -214,6 +225,27 @@ def test_wrong_offsets_are_named(tmp_path):
     assert len(failures) == 1
     assert failures[0].startswith("data/alpha_pairs/offsets.json.gz: data/alpha_pairs/shard-00001.jsonl.gz: "
                                   "line 2 offsets")
+
+
+def test_a_triplet_row_with_another_negatives_count_is_named(tmp_path):
+    release = tmp_path / "release"
+    # beta_pairs: line 1 has 2 negatives, line 0 none; the manifest says every row has 2.
+    publish(LocalStore(release), build_sample_release(tmp_path / "staging", negatives_per_row={"beta_pairs": 2}))
+    failures = verify_release(str(release))
+    assert len(failures) == 1
+    assert failures[0].startswith("data/beta_pairs/shard-00000.jsonl.gz: line 1: 0 negatives, the manifest says")
+
+
+def test_index_files_keyed_for_another_location_are_named(tmp_path):
+    release = tmp_path / "release"
+    publish(LocalStore(release), build_sample_release(tmp_path / "staging"))
+    manifest = json.loads((release / "manifest.json").read_text())
+    manifest["location"] = "s3://bucket/a/b"  # a local copy of a release published there ...
+    (release / "manifest.json").write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
+    # ... whose index files were not rewritten for it
+    assert sorted(line.split(":")[0] for line in verify_release(str(release))) == [
+        "data/alpha_pairs/counts.json", "data/alpha_pairs/offsets.json.gz", "data/beta_pairs/counts.json",
+        "data/beta_pairs/offsets.json.gz"]
 
 
 def test_counts_that_disagree_with_the_manifest_are_named(local_release):
@@ -271,8 +303,14 @@ def test_datasets_reads_a_published_release(local_release):
 
 def test_verify_reads_a_release_in_s3(tmp_path, s3_env, s3_bucket):
     uri = f"s3://{s3_bucket}/releases/sample"
-    publish(open_store(uri), build_sample_release(tmp_path / "staging"))
+    publish(open_store(uri), build_sample_release(tmp_path / "staging", location=uri))
     assert verify_release(uri) == []
+    # The same objects at another place: contrastors would not find the shards there, and verify says so.
+    elsewhere = f"s3://{s3_bucket}/releases/copy"
+    publish(open_store(elsewhere), build_sample_release(tmp_path / "staging-copy", location=uri))
+    failures = verify_release(elsewhere)
+    assert len(failures) == 1 and failures[0].startswith(f"manifest.json: indexed for {uri}, but published at "
+                                                         f"{elsewhere}")
     # Overwrite one shard with other bytes, through a plain client: verify names it.
     client = s3_env.client()
     shard = "data/alpha_pairs/shard-00000.jsonl.gz"

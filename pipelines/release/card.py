@@ -17,6 +17,26 @@ def _size_category(rows: int) -> str:
     return "100M<n<1B"
 
 
+def sentence_transformers_recipe(dataset: str) -> str:
+    """The lines that turn one dataset of a release into sentence-transformers' (anchor, positive,
+    negative_1..k) columns; run from the release root. The card and the README show them, a test runs them."""
+    return "\n".join([
+        "from datasets import load_dataset",
+        "",
+        f'pairs = load_dataset("json", data_files="data/{dataset}/*.jsonl.gz", split="train")',
+        'k = len(pairs[0]["negatives"])  # every row of a dataset has the same number of negatives',
+        'train_dataset = pairs.map(lambda row: {"anchor": row["query"], "positive": row["document"],',
+        '                                       **{f"negative_{i + 1}": row["negatives"][i] for i in range(k)}},',
+        "                          remove_columns=pairs.column_names)",
+    ])
+
+
+def recipe_dataset(datasets: dict[str, Any]) -> str:
+    """The dataset the card's recipe names: the first with negatives, else the first."""
+    with_negatives = [name for name, summary in sorted(datasets.items()) if summary.get("negatives_per_row")]
+    return (with_negatives or sorted(datasets) or ["DATASET"])[0]
+
+
 def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, pretty_name: str = "",
                 has_report: bool = False, map_projection: str = "") -> str:
     datasets = manifest.get("datasets", {})
@@ -54,11 +74,34 @@ def render_card(manifest: dict[str, Any], *, license_id: str, attribution: str, 
         lines.append(f"| {name} | {summary['rows']:,} | {len(summary['shards'])} |")
     lines += ["", "Each line is a JSON object in the contrastors format: `query`, `document`, `negatives`, "
               "`metadata.objective` (which column combinations are valid), `scores`, `provenance` and a "
-              "content-derived `id`. `counts.json` and `offsets.json.gz` index each dataset's shards."]
+              "content-derived `id`. `counts.json` and `offsets.json.gz` index each dataset's shards for "
+              "contrastors' loader, keyed for where the release is read from (`manifest.json` `location`)."]
+    triplets = {name: summary["negatives_per_row"] for name, summary in sorted(datasets.items())
+                if summary.get("negatives_per_row")}
+    if triplets:
+        listed = ", ".join(f"`{name}` ({count} negatives on every row)" for name, count in triplets.items())
+        lines += ["", f"Triplet datasets: {listed}. A pair for which fewer hard negatives "
+                  "were found is not published here: it is in `rejects/` with reason `too_few_negatives` (so a "
+                  "trainer's batch never pairs a query with the wrong documents)."]
+    lines += ["", "Every row has the same columns and types in every dataset (`provenance` holds `record`, "
+              "`input`, `license`, `url`, `post_ids`, and `extra`: a JSON object, as a string, with what is "
+              "specific to the source), so all shards load together:", "", "```python",
+              "from datasets import load_dataset", "",
+              'pairs = load_dataset("json", data_files="data/*/*.jsonl.gz", split="train")', "```"]
+    lines += ["", "## Training with it", "",
+              "- contrastors: `contrastors.yaml` is its data config (`data_args.input_shards`), one entry per "
+              "dataset with its shards and objective; for a release in a folder, run the trainer from the "
+              "release root.",
+              "- Hugging Face: `load_dataset(REPO, DATASET)` loads one dataset (the `configs` above).",
+              "- sentence-transformers: these lines give `(anchor, positive, negative_1..k)` columns for "
+              "`MultipleNegativesRankingLoss` (run from the release root; `pip install accelerate` for its "
+              "trainer):", "", "```python", sentence_transformers_recipe(recipe_dataset(datasets)), "```"]
     lines += ["", "## Funnel", "", "| stage | in | out | dropped |", "|---|---:|---:|---|"]
     for row in manifest["funnel"]["total"]:
         reasons = ", ".join(f"{reason}: {count:,}" for reason, count in row["dropped"].items()) or "-"
         lines.append(f"| {row['stage']} | {row['in']:,} | {row['out']:,} | {reasons} |")
+    for warning in manifest["funnel"].get("warnings", []):
+        lines += ["", f"**Warning:** {warning}."]
     lines += input_rows.card_lines(manifest)
     skipped = manifest.get("skipped_stages") or []
     if skipped:

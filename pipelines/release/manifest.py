@@ -67,13 +67,15 @@ def compute_funnel(read_pairs: dict[str, int], reject_counts: list[tuple[str, st
 
 def build_manifest(*, static: dict[str, Any], funnel: dict[str, Any], dataset_summaries: list[dict[str, Any]],
                    reject_summaries: list[dict[str, Any]], stage_reports: list[dict[str, Any]],
-                   files: list[dict[str, Any]]) -> dict[str, Any]:
+                   files: list[dict[str, Any]], location: str = "") -> dict[str, Any]:
+    """``location``: where the index files' keys resolve (see ``pipelines.release.location``)."""
     reports: dict[str, Any] = {}
     for report in sorted(stage_reports, key=lambda r: r.get("stage", "")):
         reports[report.get("stage", "unknown")] = report
     return {
         **static,
         "format": FORMAT,
+        "location": location,
         "funnel": funnel,
         "stage_reports": reports,
         "datasets": {s["dataset"]: {k: v for k, v in s.items() if k != "dataset"}
@@ -109,6 +111,7 @@ def format_funnel(funnel: dict[str, Any]) -> str:
             lines.append(f"  {row['stage']:<13}{row['in']:>10}{row['out']:>10}  {reasons}")
 
     table("all datasets", funnel["total"])
+    lines.extend(f"warning: {warning}" for warning in funnel.get("warnings", []))
     for dataset, rows in funnel["per_dataset"].items():
         table(dataset, rows)
     from pipelines.release.input_rows import funnel_lines

@@ -41,6 +41,7 @@ _CONTENT_TYPES = (
     (".jsonl", "application/jsonl"),
     (".json", "application/json"),
     (".md", "text/markdown; charset=utf-8"),
+    (".yaml", "application/yaml"),
     (".html", "text/html; charset=utf-8"),
 )
 
@@ -151,6 +152,23 @@ class LocalStore(ReleaseStore):
 
     def put_bytes(self, key, data, *, content_type=None, content_encoding=None, if_none_match=False,
                   skip_if_unchanged=True):
+        with self._errors("write", key):
+            return self._put_bytes(key, data, if_none_match, skip_if_unchanged)
+
+    def put_file(self, key, path, *, content_type=None, content_encoding=None, if_none_match=False,
+                 skip_if_unchanged=True, sha256=None):
+        with self._errors("write", key):
+            return self._put_file(key, path, if_none_match, skip_if_unchanged, sha256)
+
+    @contextmanager
+    def _errors(self, action: str, key: str):
+        """A full disk, a read-only or vanished folder: one line naming the object, never a traceback."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(f"cannot {action} {self.uri_for(key)}: {exc.strerror or exc}") from None
+
+    def _put_bytes(self, key, data, if_none_match, skip_if_unchanged):
         target = self._path(key)
         digest = hashlib.sha256(data).hexdigest()
         if skip_if_unchanged and not if_none_match and self._unchanged(target, len(data), digest):
@@ -176,8 +194,7 @@ class LocalStore(ReleaseStore):
                 os.unlink(handle.name)
         return ObjectInfo(key=key, size=len(data), sha256=digest)
 
-    def put_file(self, key, path, *, content_type=None, content_encoding=None, if_none_match=False,
-                 skip_if_unchanged=True, sha256=None):
+    def _put_file(self, key, path, if_none_match, skip_if_unchanged, sha256):
         target = self._path(key)
         if skip_if_unchanged and not if_none_match and target.is_file():
             digest = sha256 or sha256_file(path)
@@ -208,6 +225,8 @@ class LocalStore(ReleaseStore):
             return self._path(key).read_bytes()
         except FileNotFoundError:
             raise StoreError(f"{self.uri_for(key)} does not exist") from None
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.uri_for(key)}: {exc.strerror or exc}") from None
 
     @contextmanager
     def local_path(self, key):
@@ -235,5 +254,7 @@ class LocalStore(ReleaseStore):
 
     def delete(self, key):
         path = self._path(key)
-        if path.exists():
-            path.unlink()
+        with self._errors("delete", key):
+            if path.exists():
+                path.unlink()
+
