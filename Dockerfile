@@ -43,8 +43,8 @@ ENV HF_HUB_OFFLINE=1 \
 # and embed (the weights' sha256 is the one the manifest records as model.weights_sha256).
 RUN python -c "import apache_beam, os; v = apache_beam.__version__; \
 assert v == os.environ['BEAM_VERSION'], (v, os.environ['BEAM_VERSION']); print('apache-beam', v)" \
- && python -c "from pipelines.config import EmbeddingConfig; \
-from pipelines.embedding import encode_texts, model_info; \
+ && python -c "from pipelines.core.config import EmbeddingConfig; \
+from filters.embedding import encode_texts, model_info; \
 config = EmbeddingConfig(); info = model_info(config); \
 vectors = encode_texts(['a question', 'an answer'], config); \
 assert vectors.shape == (2, info['dimension']), vectors.shape; \

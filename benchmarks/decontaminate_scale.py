@@ -82,8 +82,8 @@ def run_beam(eval_path: Path, pairs_path: Path) -> int:
     import apache_beam as beam
 
     from filters.decontaminate import Decontaminate
-    from pipelines.config import DecontaminateConfig
-    from pipelines.records import RejectPolicy
+    from pipelines.core.config import DecontaminateConfig
+    from pipelines.core.records import RejectPolicy
 
     config = DecontaminateConfig(enabled=True, inputs=[str(eval_path)], ngram=NGRAM, max_matches=10)
     policy = RejectPolicy(keep_texts=False, raw_chars=0)

@@ -116,8 +116,8 @@ def baseline_main(texts_file: str, kind: str) -> None:
         vectors = model.encode(texts, batch_size=embedding["batch_size"], normalize_embeddings=True,
                                show_progress_bar=False)
     else:
-        from pipelines.config import EmbeddingConfig
-        from pipelines.embedding import encode_texts
+        from pipelines.core.config import EmbeddingConfig
+        from filters.embedding import encode_texts
 
         vectors = encode_texts(texts, EmbeddingConfig(**embedding))
     print(f"encoded {len(vectors)} texts, dimension {len(vectors[0])}")
@@ -125,8 +125,8 @@ def baseline_main(texts_file: str, kind: str) -> None:
 
 def prepare_onnx_files(variants: list[str]) -> None:
     """Export (and quantize) the model before any timing: made once per machine and weights, then cached."""
-    from pipelines.config import EmbeddingConfig
-    from pipelines.embedding import _local_model_dir, onnx_model_file
+    from pipelines.core.config import EmbeddingConfig
+    from filters.embedding import _local_model_dir, onnx_model_file
 
     backends = {"onnx"} | {setting.split("=", 1)[1] for variant in variants for setting in variant.split(",")
                            if setting.startswith("embedding.backend=")}
@@ -146,7 +146,7 @@ def run_sample(name: str, args, work: Path) -> None:
         times["build"].append(timed(build + ["--output", str(release)], work / f"{name}-build-{repeat}.log"))
         releases.setdefault("build", release)
         if repeat == 0:
-            from pipelines.embedding import resolve_model_path
+            from filters.embedding import resolve_model_path
 
             texts, embedding = embedded_texts(release)
             texts_file.write_text(json.dumps({"texts": texts, "embedding": embedding,

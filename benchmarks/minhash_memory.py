@@ -35,7 +35,7 @@ def rss_mb() -> float:
 
 
 def real_pairs(count: int) -> list[dict]:
-    from pipelines.records import new_pair
+    from pipelines.core.records import new_pair
 
     sources = corpus.real_texts()
     names = sorted(sources)
@@ -59,8 +59,8 @@ def child(count: int) -> None:
     from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 
     from filters.minhash import MinHashDedup
-    from pipelines.records import RAW_REJECT_CHARS, RejectPolicy
-    from pipelines.config import MinHashConfig
+    from pipelines.core.records import RAW_REJECT_CHARS, RejectPolicy
+    from pipelines.core.config import MinHashConfig
 
     baseline = rss_mb()
     pairs = real_pairs(count)

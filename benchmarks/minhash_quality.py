@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import minhash_speed as corpus  # noqa: E402  (the real-text readers)
 
 from filters import minhash_kernel as kernel  # noqa: E402
-from pipelines.config import MinHashConfig  # noqa: E402
-from pipelines.records import RAW_REJECT_CHARS, RejectPolicy, new_pair  # noqa: E402
+from pipelines.core.config import MinHashConfig  # noqa: E402
+from pipelines.core.records import RAW_REJECT_CHARS, RejectPolicy, new_pair  # noqa: E402
 
 THRESHOLD = 0.8
 BINS = [(0.5, 0.7), (0.7, 0.75), (0.75, 0.8), (0.8, 0.85), (0.85, 0.9), (0.9, 0.95), (0.95, 1.01)]

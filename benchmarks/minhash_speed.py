@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 import numpy as np  # noqa: E402
 
 from filters import minhash_kernel as kernel  # noqa: E402
-from pipelines.config import MinHashConfig  # noqa: E402
+from pipelines.core.config import MinHashConfig  # noqa: E402
 
 DEFAULT = f"kernel (stage default: {MinHashConfig().token_hash} token hash)"
 

@@ -65,8 +65,8 @@ def run_ours(pairs, embedding, work: Path):
     import apache_beam as beam
 
     from filters.consistency import EmbeddingStages
-    from pipelines.config import ConsistencyConfig, NegativesConfig
-    from pipelines.records import RAW_REJECT_CHARS, RejectPolicy, new_pair
+    from pipelines.core.config import ConsistencyConfig, NegativesConfig
+    from pipelines.core.records import RAW_REJECT_CHARS, RejectPolicy, new_pair
 
     records = [new_pair(dataset="bench", source="bench", query=q, document=d, provenance={"record": str(i)})
                for i, (q, d) in enumerate(pairs)]
@@ -86,7 +86,7 @@ def run_ours(pairs, embedding, work: Path):
 
 def embed_all(triplet_lists, embedding) -> dict:
     """Fresh float32 embeddings of every text in the triplets, each encoded once."""
-    from pipelines.embedding import encode_texts
+    from filters.embedding import encode_texts
 
     texts = sorted({text for triplets in triplet_lists for triplet in triplets for text in triplet})
     return dict(zip(texts, encode_texts(texts, embedding)))
@@ -95,7 +95,7 @@ def embed_all(triplet_lists, embedding) -> dict:
 def audit(triplets, pairs, vectors) -> dict[str, int]:
     import numpy as np
 
-    from pipelines.negatives import comparison_text
+    from filters.negatives_kernel import comparison_text
 
     positives_of = defaultdict(set)
     for query, document in pairs:
@@ -124,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="our back end (the peer always runs sentence-transformers on torch)")
     args = parser.parse_args(argv)
 
-    from pipelines.config import EmbeddingConfig
-    from pipelines.embedding import get_encoder
+    from pipelines.core.config import EmbeddingConfig
+    from filters.embedding import get_encoder
 
     embedding = EmbeddingConfig(backend=args.backend)
     model = get_encoder(EmbeddingConfig(backend="torch")).model  # the peer's: the same weights, loaded once

@@ -265,7 +265,7 @@ def faiss_block_child(size: int) -> dict:
     import numpy as np
 
     from filters.consistency import BlockMember, decide_block
-    from pipelines.config import ConsistencyConfig, NegativesConfig
+    from pipelines.core.config import ConsistencyConfig, NegativesConfig
 
     generator = np.random.default_rng(size)
     dimension = 384

@@ -2,7 +2,7 @@
 
 Rule (Nomic Embed, after E5's CCPairs): pairs are put in blocks of up to ``pool_size`` by id hash (per
 dataset); each block indexes its documents once; a pair is kept when its own document is among its query's
-``top_k`` documents. The same search gives the hard-negative candidates (``pipelines.negatives``).
+``top_k`` documents. The same search gives the hard-negative candidates (``filters.negatives_kernel``).
 
 Ranking, precisely (``rank`` is what the release and the rejects record):
 - The index holds the block's distinct documents (by embedded text), so a document shared by several pairs
@@ -34,13 +34,13 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from filters.stage import SharedStep, Stage
-from pipelines.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
-from pipelines.embedding import EmbedTexts, model_info
-from pipelines.metrics import StageMetrics
-from pipelines.negatives import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
+from pipelines.core.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
+from filters.embedding import EmbedTexts, model_info
+from pipelines.core.metrics import StageMetrics
+from filters.negatives_kernel import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
                                  round_scores, select_negatives, shortage)
-from pipelines.progress import Progress
-from pipelines.records import RejectPolicy, content_hash, id_bucket, make_reject
+from pipelines.core.progress import Progress
+from pipelines.core.records import RejectPolicy, content_hash, id_bucket, make_reject
 
 STAGE = "consistency"
 NEGATIVES_STAGE = "negatives"

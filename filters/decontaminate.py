@@ -30,9 +30,9 @@ import xxhash
 from apache_beam.io.filesystems import FileSystems
 
 from filters.stage import Stage
-from pipelines.config import DecontaminateConfig
-from pipelines.metrics import StageMetrics
-from pipelines.records import RejectPolicy, make_reject
+from pipelines.core.config import DecontaminateConfig
+from pipelines.core.metrics import StageMetrics
+from pipelines.core.records import RejectPolicy, make_reject
 
 STAGE = "decontaminate"
 REASON = "contaminated"

@@ -12,9 +12,9 @@ from typing import Any, Iterable
 import apache_beam as beam
 
 from filters.stage import Stage
-from pipelines.config import ExactDedupConfig
-from pipelines.metrics import StageMetrics
-from pipelines.records import RejectPolicy, make_reject
+from pipelines.core.config import ExactDedupConfig
+from pipelines.core.metrics import StageMetrics
+from pipelines.core.records import RejectPolicy, make_reject
 
 STAGE = "exact_dedup"
 

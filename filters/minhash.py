@@ -29,8 +29,8 @@ from apache_beam.metrics import Metrics
 
 from filters import minhash_kernel as kernel
 from filters.stage import Stage
-from pipelines.config import MinHashConfig
-from pipelines.records import RejectPolicy, make_reject
+from pipelines.core.config import MinHashConfig
+from pipelines.core.records import RejectPolicy, make_reject
 
 STAGE = "minhash"
 REASON = "near_duplicate"

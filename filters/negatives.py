@@ -1,6 +1,6 @@
 """The `negatives` stage: hard negatives for every kept pair, mined from the search the `consistency` stage
 runs anyway (``filters.consistency``: one embedding pass, one batched search per block, both stages'
-decisions). Which candidates qualify (range, margins, sampling, shortage) is ``pipelines.negatives``.
+decisions). Which candidates qualify (range, margins, sampling, shortage) is ``filters.negatives_kernel``.
 """
 
 from __future__ import annotations

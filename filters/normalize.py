@@ -13,9 +13,9 @@ from typing import Any
 import apache_beam as beam
 
 from filters.stage import Stage
-from pipelines.config import NormalizeConfig
-from pipelines.metrics import StageMetrics
-from pipelines.records import RejectPolicy, make_reject
+from pipelines.core.config import NormalizeConfig
+from pipelines.core.metrics import StageMetrics
+from pipelines.core.records import RejectPolicy, make_reject
 
 STAGE = "normalize"
 

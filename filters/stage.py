@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
-from pipelines.records import RejectPolicy
+from pipelines.core.records import RejectPolicy
 
 if TYPE_CHECKING:  # Beam is not imported to list stage names (--help stays instant)
     import apache_beam as beam

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.cli import PROJECT_ERROR_LINE, CommandParser, quiet_logging, refuse_secret_options, run_command
-from pipelines.errors import PairCurationError, PipelineError, UsageError
+from pipelines.core.errors import PairCurationError, PipelineError, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,7 +105,7 @@ def project_identity() -> dict[str, Any]:
 
 def project_errors() -> tuple[type[BaseException], ...]:
     """The project's own one-line errors (a bad store, input or configuration), wherever they are raised."""
-    from pipelines.config import ConfigError
+    from pipelines.core.config import ConfigError
     from pipelines.release.store import StoreError
     from sources.base import InputError
 
@@ -141,12 +141,12 @@ def plan_build(args: argparse.Namespace):
         return plan_mixture(args, project_identity(),
                             str(REPO_ROOT / "releases" / f"mixture-{Path(args.mixture).stem}"), refuse_overlap)
     from filters.registry import stages
-    from pipelines.config import ConfigError, config_hash, load_config, resolved_dict
+    from pipelines.core.config import ConfigError, config_hash, load_config, resolved_dict
     from pipelines.graph import BuildPlan
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
-    from pipelines.records import RejectPolicy
+    from pipelines.core.records import RejectPolicy
     from sources.base import InputError, RunContext, describe_inputs, expand_inputs
     from sources.registry import get_source
 
@@ -183,7 +183,7 @@ def plan_build(args: argparse.Namespace):
     model = None
     if any(stage.needs_model for stage in stages() if stage.name not in skipped):
         try:
-            from pipelines.embedding import model_info
+            from filters.embedding import model_info
         except ImportError as exc:
             raise UsageError(f"the embedding stages are not available ({exc}); pass --skip consistency "
                              "--skip negatives") from None
@@ -363,7 +363,7 @@ def _build_command(argv: list[str]) -> int:
         # S3 keys reach workers through their environment; an option would write them into the job.
         refuse_secret_options(beam_args)
         check_unknown_options(beam_args, parser)
-        from pipelines.progress import set_quiet
+        from pipelines.core.progress import set_quiet
 
         set_quiet(args.quiet)  # before planning: a download's progress bar honours it too
         plan, described = plan_build(args)
@@ -382,7 +382,7 @@ def _build_command(argv: list[str]) -> int:
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
 
-    from pipelines import progress
+    from pipelines.core import progress
 
     progress.reset()
     started = time.time()

@@ -1,6 +1,6 @@
 """What the four commands (build, translate, verify, explain) share: the argument parser that fails with one
 line, quiet logging, the credential guard for pipeline options, and the runner that maps the project's
-errors (``pipelines.errors``) to one stderr line and an exit status."""
+errors (``pipelines.core.errors``) to one stderr line and an exit status."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import sys
 from typing import Callable, NoReturn
 
-from pipelines.errors import PairCurationError, UsageError
+from pipelines.core.errors import PairCurationError, UsageError
 
 # Pipeline options whose value is a credential: never allowed into a job description.
 SECRET_OPTION = re.compile(r"secret|token|password|passwd|access_key|connection_string|private_key|credential",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 
-from pipelines.errors import UsageError
+from pipelines.core.errors import UsageError
 
 
 def beam_option_parser() -> argparse.ArgumentParser:

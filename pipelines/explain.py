@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from pipelines.cli import run_command
-from pipelines.errors import NotFound, UsageError
-from pipelines.records import ALL_STAGES, id_bucket
+from pipelines.core.errors import NotFound, UsageError
+from pipelines.core.records import ALL_STAGES, id_bucket
 from pipelines.release.bounded import MAX_MANIFEST_BYTES, ObjectTooLarge, get_bounded, gzip_lines
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
-from pipelines.schema import MANIFEST_KEY
+from pipelines.core.schema import MANIFEST_KEY
 
 _SHARD_INDEX = re.compile(r"-(\d+)\.jsonl\.gz$")
 _ID_PATTERN = re.compile(r"^[0-9a-f]{16,64}$")

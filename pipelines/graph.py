@@ -13,10 +13,10 @@ from typing import Any
 import apache_beam as beam
 
 from filters.registry import stage_names, stages
-from pipelines import pair_map as pair_map_lib
-from pipelines.config import PipelineConfig
-from pipelines.progress import CountProgress
-from pipelines.records import RejectPolicy
+from pipelines.release import pair_map as pair_map_lib
+from pipelines.core.config import PipelineConfig
+from pipelines.core.progress import CountProgress
+from pipelines.core.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
 from pipelines.release.location import (CONTRASTORS_CONFIG_KEY, contrastors_config_bytes, dataset_weights,
                                         location_for)
@@ -26,8 +26,8 @@ from pipelines.release.store import AlreadyExists, StoreError
 from pipelines.release.stores import open_store
 from pipelines.release.writer import (JSON, WriteDatasetIndexes, WriteShards, file_entry, json_bytes,
                                       summarize_rejects)
-from pipelines.report import render_report
-from pipelines.schema import CARD_KEY, REPORT_KEY
+from pipelines.release.report import render_report
+from pipelines.core.schema import CARD_KEY, REPORT_KEY
 from sources.base import InputFile, Source
 
 
@@ -228,7 +228,7 @@ def _with_mixture_datasets(static: dict[str, Any], owners: list[tuple[str, int]]
 
 def _pair_map(plan: BuildPlan, pairs, candidate_rejects):
     """The report's map: kept pairs and those the consistency filter dropped, the smallest ids, placed in 2-D
-    (pipelines.pair_map) from query embeddings when the embedding stages ran."""
+    (pipelines.release.pair_map) from query embeddings when the embedding stages ran."""
     embedding = (plan.config.embedding
                  if any(stage.needs_model for stage in stages() if stage.name in plan.active_stages) else None)
     kept = pairs | "MapKept" >> beam.Map(lambda pair: pair_map_lib.map_entry(pair, dropped=False))

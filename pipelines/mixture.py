@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.errors import UsageError
+from pipelines.core.errors import UsageError
 
 # Sections the sources keep for themselves; every other section is shared (the first source's + the mixture's).
 OWN_SECTIONS = ("source", "download")
@@ -44,13 +44,13 @@ def own_sections() -> set[str]:
 def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_output: str, refuse_overlap):
     """The BuildPlan of a mixture; ``refuse_overlap`` is the build's check that --output holds no input."""
     from filters.registry import stage_names, stages
-    from pipelines.config import (ConfigError, PipelineConfig, apply_values, config_hash, load_config, load_mixture,
+    from pipelines.core.config import (ConfigError, PipelineConfig, apply_values, config_hash, load_config, load_mixture,
                                   resolved_dict)
     from pipelines.graph import BuildPlan, SourcePart
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
-    from pipelines.records import RejectPolicy
+    from pipelines.core.records import RejectPolicy
     from sources.base import InputError, RunContext, describe_inputs, expand_inputs
     from sources.registry import get_source, source_names
 
@@ -115,7 +115,7 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
     except ConfigError as exc:
         raise UsageError(f"{where}: {exc}") from None
     except Exception as exc:  # pydantic's ValidationError, formatted like a config error
-        from pipelines.config import _format_validation_error
+        from pipelines.core.config import _format_validation_error
 
         raise UsageError(f"{where}: set: {_format_validation_error(exc)}") from None
 
@@ -157,7 +157,7 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
     model = None
     if any(stage.needs_model for stage in stages() if stage.name not in skipped):
         try:
-            from pipelines.embedding import model_info
+            from filters.embedding import model_info
         except ImportError as exc:
             raise UsageError(f"the embedding stages are not available ({exc}); add consistency and negatives "
                              "to the mixture's skip") from None

@@ -18,7 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipelines.errors import UsageError
+from pipelines.core.errors import UsageError
 from pipelines.release import ownership
 from pipelines.release.location import LocationError, location_for
 from pipelines.release.manifest import MANIFEST_KEY, release_keys

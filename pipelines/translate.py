@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from pipelines.build import make_parser, plan_build
 from pipelines.cli import quiet_logging, refuse_secret_options, run_command
-from pipelines.errors import UsageError
+from pipelines.core.errors import UsageError
 
 # Stand-ins for the Google Cloud options a Dataflow job requires, used when the command line has none: the
 # description is complete and readable, and the names say what to replace before a real submission.

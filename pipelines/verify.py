@@ -50,8 +50,8 @@ from typing import Any, Iterator, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, model_validator
 
 from pipelines.cli import run_command
-from pipelines.errors import PairCurationError, UsageError
-from pipelines.records import SKIPPABLE_STAGES, dumps_line
+from pipelines.core.errors import PairCurationError, UsageError
+from pipelines.core.records import SKIPPABLE_STAGES, dumps_line
 from pipelines.release.bounded import (INDEX_BYTES_PER_ROW, INDEX_BYTES_PER_SHARD, INDEX_SLACK_BYTES, MAX_MANIFEST_BYTES,
                                       ObjectTooLarge, get_bounded, gunzip_bounded, gzip_lines)
 from pipelines.release.location import (CONTRASTORS_CONFIG_KEY, LocationError, contrastors_config_bytes,
@@ -59,7 +59,7 @@ from pipelines.release.location import (CONTRASTORS_CONFIG_KEY, LocationError, c
                                         location_for)
 from pipelines.release.store import ReleaseStore, StoreError
 from pipelines.release.stores import open_store
-from pipelines.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
+from pipelines.core.schema import FORMAT_VERSION as RELEASE_FORMAT, MANIFEST_KEY, RUN_RECORD_PREFIX
 
 _SHA256_HEX = r"^[0-9a-f]{64}$"
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -119,7 +119,7 @@ class _Metadata(_Strict):
 
 class _Provenance(BaseModel):
     """One schema in every row of every dataset (what lets `datasets` load all shards in one call): the keys of
-    ``pipelines.records.RELEASE_PROVENANCE_KEYS``, the source-specific rest as a JSON object in ``extra``."""
+    ``pipelines.core.records.RELEASE_PROVENANCE_KEYS``, the source-specific rest as a JSON object in ``extra``."""
     model_config = ConfigDict(extra="forbid")
     record: StrictStr
     input: StrictStr

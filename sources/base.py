@@ -4,7 +4,7 @@ A source module exposes ``SOURCE``, a :class:`Source` with:
 
 - ``config_model``: the pydantic model of its ``source:`` config section (``extra="forbid"``);
 - ``read(inputs, source_config, context)``: a ``beam.PTransform`` applied to the pipeline root that returns
-  ``{"pairs": PCollection[pair dict], "rejects": PCollection[reject dict]}`` (see ``pipelines.records``);
+  ``{"pairs": PCollection[pair dict], "rejects": PCollection[reject dict]}`` (see ``pipelines.core.records``);
 - ``default_inputs(source_config, download_config)``: the input URIs to use when ``--input`` is absent
   (downloading the public file into the cache where it has a stable address), or raise ``InputError``.
 
@@ -21,8 +21,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict
 
-from pipelines.errors import UsageError
-from pipelines.records import RejectPolicy
+from pipelines.core.errors import UsageError
+from pipelines.core.records import RejectPolicy
 
 
 class InputError(UsageError):

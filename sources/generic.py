@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import apache_beam as beam
 from pydantic import Field, field_validator
 
-from pipelines.records import RejectPolicy
+from pipelines.core.records import RejectPolicy
 from sources.base import InputError, InputFile, Source
 from sources.readers import (inputs_from_urls, MISSING, PAIR, REJECT, CreateUnits, Emitter, EmitOutcomes, FileUnit, Outcome, RawLine,
                              ReadLines, ReadSection, combine, decompressed_head, get_path, note_skipped, open_raw,

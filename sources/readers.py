@@ -37,9 +37,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 from pydantic import Field
 
-from pipelines.errors import PairCurationError
-from pipelines.metrics import StageMetrics
-from pipelines.records import RejectPolicy, make_input_reject, make_reject, new_pair
+from pipelines.core.errors import PairCurationError
+from pipelines.core.metrics import StageMetrics
+from pipelines.core.records import RejectPolicy, make_input_reject, make_reject, new_pair
 from sources.base import InputError, InputFile, SourceSection, decode_text
 
 log = logging.getLogger(__name__)

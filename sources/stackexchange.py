@@ -24,8 +24,8 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import fromstring as parse_xml_row
 from pydantic import Field
 
-from pipelines.progress import Progress, is_quiet
-from pipelines.records import RejectPolicy, make_input_reject, new_pair
+from pipelines.core.progress import Progress, is_quiet
+from pipelines.core.records import RejectPolicy, make_input_reject, new_pair
 from sources.base import InputFile, RunContext, Source, SourceSection, decode_text
 from sources.readers import CreateUnits, FileUnit, compression_of, iter_lines, plan_line_units
 from sources import stackexchange_rows as row_outcomes

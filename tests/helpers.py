@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines import build
-from pipelines.records import RAW_REJECT_CHARS, RejectPolicy
+from pipelines.core.records import RAW_REJECT_CHARS, RejectPolicy
 
 # Elements collected from DirectRunner pipelines that run in this process, by run token.
 _COLLECTED: dict[str, list] = {}

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import ConfigError, NormalizeConfig, load_config, parse_override
-from pipelines.records import REQUIRED_RELEASE_KEYS, REQUIRED_REJECT_KEYS
+from pipelines.core.config import ConfigError, NormalizeConfig, load_config, parse_override
+from pipelines.core.records import REQUIRED_RELEASE_KEYS, REQUIRED_REJECT_KEYS
 from pipelines.release.manifest import UnaccountedRows, compute_funnel
 from sources.stackexchange import StackExchangeSourceConfig
 from tests.helpers import load_like_contrastors, read_jsonl_gz, release_rows, run_build

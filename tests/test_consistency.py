@@ -14,10 +14,10 @@ import pytest
 from apache_beam.testing import test_pipeline
 
 from filters.consistency import BlockMember, EmbeddingStages, apply_decision, decide_block
-from pipelines.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
-from pipelines.embedding import encode_texts
-from pipelines.negatives import comparison_text
-from pipelines.records import new_pair, to_release_row
+from pipelines.core.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
+from filters.embedding import encode_texts
+from filters.negatives_kernel import comparison_text
+from pipelines.core.records import new_pair, to_release_row
 from tests.helpers import KEEP_TEXTS, NO_TEXTS
 
 # ---------------------------------------------------------------------------------------------------------
@@ -374,7 +374,7 @@ def test_output_is_a_contrastors_triplet_dataset_that_sentence_transformers_can_
     from datasets import load_dataset
     from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
 
-    from pipelines.embedding import get_encoder
+    from filters.embedding import get_encoder
 
     path = tmp_path / "shard-00000.jsonl"
     rows = [to_release_row(pair) for pair in quora_run["main"]["pairs"] if pair["negatives"]]

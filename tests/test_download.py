@@ -219,7 +219,7 @@ def test_archives_are_unpacked_once_and_safely(http_server, tmp_path):
 
 
 def test_sources_download_their_default_inputs_into_the_cache(http_server, tmp_path, shared_data):
-    from pipelines.config import DownloadConfig
+    from pipelines.core.config import DownloadConfig
     from sources.base import RunContext, expand_inputs
     from sources.readers import split_outcomes
     from sources.registry import get_source

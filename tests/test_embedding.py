@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.config import EmbeddingConfig
-from pipelines.embedding import (ModelError, encode_texts, model_info, resolve_model_path, weight_files,
+from pipelines.core.config import EmbeddingConfig
+from filters.embedding import (ModelError, encode_texts, model_info, resolve_model_path, weight_files,
                                  weights_sha256)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -87,8 +87,8 @@ def test_loads_offline_from_a_local_folder(tmp_path, packaged_dir):
     """A copy of the model in a plain folder, loaded in a fresh process with the hub switched off."""
     local = tmp_path / "my-model"
     shutil.copytree(packaged_dir, local)
-    script = ("import json, sys; from pipelines.config import EmbeddingConfig; "
-              "from pipelines.embedding import encode_texts, model_info; "
+    script = ("import json, sys; from pipelines.core.config import EmbeddingConfig; "
+              "from filters.embedding import encode_texts, model_info; "
               "config = EmbeddingConfig(model=sys.argv[1]); "
               "print(json.dumps({'info': model_info(config), "
               "'vector': encode_texts([sys.argv[2]], config)[0].tolist()}))")
@@ -115,7 +115,7 @@ def test_onnx_backend_gives_the_same_vectors(tmp_path):
 
 def test_the_onnx_files_are_made_deterministically_and_hashed_into_the_model_info(tmp_path):
     """Two caches built apart hold byte-identical exports and int8 models; the manifest names their hash."""
-    from pipelines.embedding import onnx_model_file
+    from filters.embedding import onnx_model_file
 
     model_dir = Path(resolve_model_path("all-MiniLM-L6-v2"))
     files = {}

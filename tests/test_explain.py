@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipelines import explain as explain_lib
-from pipelines.records import id_bucket, make_input_reject, make_reject, new_pair
+from pipelines.core.records import id_bucket, make_input_reject, make_reject, new_pair
 from pipelines.release.store import LocalStore
 from pipelines.release.stores import open_store
 from pipelines.release.writer import shard_count, shard_key, sha256_path, write_jsonl_gz

@@ -123,7 +123,7 @@ def test_quiet_prints_no_progress(tmp_path):
 
 
 def test_progress_line_format():
-    from pipelines.progress import format_line, format_start
+    from pipelines.core.progress import format_line, format_start
 
     assert format_start("embed", "texts", 4212) == "progress embed: started, 4,212 texts to do"
     assert format_line("embed", "texts", 1536, 4212, 25.0) == \
@@ -149,7 +149,7 @@ def test_progress_figures_are_beam_metrics():
     from apache_beam.metrics.metric import MetricsFilter
     from apache_beam.testing.test_pipeline import TestPipeline
 
-    from pipelines.progress import CountProgress
+    from pipelines.core.progress import CountProgress
 
     pipeline = TestPipeline()
     rows = pipeline | beam.Create([{"rows": 3}, {"rows": 4}, {"rows": 5}])

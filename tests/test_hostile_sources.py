@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
-from pipelines.records import dumps_line
+from pipelines.core.records import dumps_line
 from pipelines.verify import verify_release
 from sources.amazon import FORMATS as AMAZON_FORMATS, AmazonConfig, AmazonRows
 from sources.base import RunContext, expand_inputs
@@ -792,7 +792,7 @@ BIDI_ISOLATES = "\u2066\u2067\u2068\u2069"  # LRI RLI FSI PDI (Trojan Source, CV
 ])
 def test_normalize_removes_invisible_controls(marks):
     from filters.normalize import normalize_text
-    from pipelines.config import NormalizeConfig
+    from pipelines.core.config import NormalizeConfig
 
     text = "".join(f"word{n}{mark}" for n, mark in enumerate(marks)) + " end"
     cleaned = normalize_text(text, NormalizeConfig())

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from filters import minhash_kernel as kernel
 from filters.minhash import (DistributedComponents, LocalComponents, MinHashDedup, build_report,
                              decide_cluster, pair_problem, resolve_banding)
-from pipelines.config import MinHashConfig
-from pipelines.records import new_pair
+from pipelines.core.config import MinHashConfig
+from pipelines.core.records import new_pair
 from tests.helpers import KEEP_TEXTS
 
 # ------------------------------------------------------------------------------------------------ helpers

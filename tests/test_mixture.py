@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 import yaml
 
 from pipelines import verify
@@ -126,7 +125,7 @@ def test_mixture_errors_are_one_line(tmp_path, shared_data, capsys):
 
 
 def test_the_shipped_example_validates():
-    from pipelines.config import CONFIG_DIR, load_mixture
+    from pipelines.core.config import CONFIG_DIR, load_mixture
 
     mixture = load_mixture(CONFIG_DIR / "mixtures" / "example.yaml")
     assert [entry.source for entry in mixture.sources] == ["stackexchange", "quora", "amazon", "news"]

@@ -1,11 +1,11 @@
-"""Negative selection for one pair (pipelines.negatives), on hand-made candidate lists."""
+"""Negative selection for one pair (filters.negatives_kernel), on hand-made candidate lists."""
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.config import NegativesConfig
-from pipelines.negatives import (Candidate, comparison_key, comparison_text, select_negatives, shortage)
+from pipelines.core.config import NegativesConfig
+from filters.negatives_kernel import (Candidate, comparison_key, comparison_text, select_negatives, shortage)
 
 
 def ranked(*items: tuple[str, float]) -> list[Candidate]:

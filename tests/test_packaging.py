@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import CONFIG_DIR, ConfigError, load_config
+from pipelines.core.config import CONFIG_DIR, ConfigError, load_config
 from sources.quora import QuoraConfig
 from tests.helpers import run_build
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.records import make_input_reject, make_reject
+from pipelines.core.records import make_input_reject, make_reject
 from tests.helpers import NO_TEXTS, release_rejects, run_build
 
 MARKER = "zebramarker"

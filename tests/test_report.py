@@ -18,10 +18,10 @@ import pytest
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.records import make_reject, new_pair
+from pipelines.core.records import make_reject, new_pair
 from pipelines.release import manifest as manifest_lib
 from pipelines.release import stats as stats_lib
-from pipelines.report import render_report
+from pipelines.release.report import render_report
 from tests.helpers import KEEP_TEXTS, run_build
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -318,7 +318,7 @@ def test_every_release_has_a_listed_report_linked_from_the_card(release):
 # -- layout: score range, samples, model table ----------------------------------------------------------------
 
 def test_score_plots_span_the_data_range():
-    from pipelines.report import positive_score_plot, score_range
+    from pipelines.release.report import positive_score_plot, score_range
 
     edges = stats_lib.score_bin_edges()
     in_unit = [0] * stats_lib.SCORE_BINS

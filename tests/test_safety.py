@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.config import MAX_CONFIG_BYTES, ConfigError, load_config
+from pipelines.core.config import MAX_CONFIG_BYTES, ConfigError, load_config
 from sources.generic import SOURCES
 
 JSONL = SOURCES["jsonl"]

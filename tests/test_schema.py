@@ -1,8 +1,9 @@
-"""One release schema (pipelines.schema): the writer, verify, explain and the manifest agree with it."""
+"""One release schema (pipelines.core.schema): the writer, verify, explain and the manifest agree with it."""
 
 from __future__ import annotations
 
-from pipelines import explain, schema, verify
+from pipelines import explain, verify
+from pipelines.core import schema
 from pipelines.release import manifest, writer
 
 

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from pipelines.config import CONFIG_DIR, DownloadConfig, load_config, read_yaml
+from pipelines.core.config import CONFIG_DIR, DownloadConfig, load_config, read_yaml
 from sources.base import InputError, RunContext, expand_inputs
 from sources.generic import SOURCES, HfConfig, JsonlConfig, ParquetConfig, hf_default_inputs
 from tests.helpers import KEEP_TEXTS, run_read_transform

@@ -13,7 +13,7 @@ import pytest
 
 from sources.stackexchange import (StackExchangeSourceConfig, choose_answer, license_for, parse_row, site_of)
 from sources.text import html_to_text, parse_tags
-from pipelines.records import release_extra
+from pipelines.core.records import release_extra
 from tests.helpers import release_rejects, release_rows, run_build
 
 FAST = ("--skip", "minhash", "--skip", "consistency", "--skip", "negatives")

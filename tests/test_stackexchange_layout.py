@@ -12,7 +12,7 @@ from pathlib import Path
 import py7zr
 import pytest
 
-from pipelines.records import release_extra
+from pipelines.core.records import release_extra
 from sources.base import InputError, InputFile
 from sources.stackexchange_layout import (archive_tables, missing_links_line, missing_links_warnings, plan_dump,
                                           site_in_name)

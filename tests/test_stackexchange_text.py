@@ -15,7 +15,7 @@ import pytest
 from defusedxml.ElementTree import fromstring
 
 from filters.normalize import normalize_text
-from pipelines.config import load_config
+from pipelines.core.config import load_config
 from sources.stackexchange import StackExchangeSourceConfig, post_from_row
 from sources.text import html_to_text, plain_text
 
@@ -201,6 +201,6 @@ def test_code_first_line_indentation_survives_reader_and_normalize():
 
 
 def test_collapsing_normalize_of_other_sources_is_unchanged():
-    from pipelines.config import NormalizeConfig
+    from pipelines.core.config import NormalizeConfig
 
     assert normalize_text("  a  b \n\n\n\n c\t d  ", NormalizeConfig()) == "a b\n\nc d"

@@ -8,8 +8,8 @@ import pytest
 
 from filters import registry
 from pipelines import explain
-from pipelines.config import PipelineConfig
-from pipelines.records import SKIPPABLE_STAGES
+from pipelines.core.config import PipelineConfig
+from pipelines.core.records import SKIPPABLE_STAGES
 from pipelines.release.stores import open_store
 from tests.helpers import release_rejects, release_rows, run_build
 
@@ -81,8 +81,8 @@ def test_stage_counters_share_one_naming_scheme():
     from apache_beam.testing.test_pipeline import TestPipeline
 
     from filters.normalize import Normalize
-    from pipelines.config import NormalizeConfig
-    from pipelines.records import new_pair
+    from pipelines.core.config import NormalizeConfig
+    from pipelines.core.records import new_pair
     from tests.helpers import KEEP_TEXTS
 
     pairs = [new_pair(dataset="d", source="s", query=q, document=d, provenance={"record": str(n)})

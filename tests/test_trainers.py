@@ -182,7 +182,7 @@ def test_sentence_transformers_trains_two_steps_with_the_cards_lines(triplet_rel
                                        SentenceTransformerTrainingArguments)
     from sentence_transformers.losses import MultipleNegativesRankingLoss
 
-    from pipelines.embedding import resolve_model_path
+    from filters.embedding import resolve_model_path
 
     recipe = _recipe((triplet_release / "README.md").read_text())
     readme = (REPO / "README.md").read_text()

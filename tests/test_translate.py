@@ -14,7 +14,7 @@ import pytest
 from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipelines import translate
-from pipelines.records import SKIPPABLE_STAGES
+from pipelines.core.records import SKIPPABLE_STAGES
 
 REPO = Path(__file__).resolve().parent.parent
 # Made up at run time: a literal here would ship inside the project's own sdist (setuptools packs tests/).

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import pytest
 
-from pipelines.records import dumps_line, make_reject, new_pair, to_release_row
+from pipelines.core.records import dumps_line, make_reject, new_pair, to_release_row
 from pipelines.release.location import index_key
 from pipelines.release.store import LocalStore, ReleaseStore
 from pipelines.release.stores import open_store

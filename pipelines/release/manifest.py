@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from pipelines.errors import PipelineError
-from pipelines.schema import FORMAT_VERSION, MANIFEST_KEY
+from pipelines.core.errors import PipelineError
+from pipelines.core.schema import FORMAT_VERSION, MANIFEST_KEY
 
 FORMAT = FORMAT_VERSION
 

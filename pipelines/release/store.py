@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.errors import UsageError
+from pipelines.core.errors import UsageError
 
 
 class StoreError(UsageError):

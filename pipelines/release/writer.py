@@ -19,10 +19,10 @@ from typing import Any, Iterable, Iterator
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.records import dumps_line, id_bucket, to_release_row
+from pipelines.core.records import dumps_line, id_bucket, to_release_row
 from pipelines.release.location import index_key
 from pipelines.release.stores import open_store
-from pipelines.schema import data_shard_key, reject_shard_key
+from pipelines.core.schema import data_shard_key, reject_shard_key
 
 JSONL_GZ = "application/jsonl"  # stored as gzip bytes; no Content-Encoding so clients keep the .gz as is
 JSON = "application/json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import apache_beam as beam
 
 from filters.stage import Stage
-from pipelines.records import RejectPolicy, make_reject
+from pipelines.core.records import RejectPolicy, make_reject
 
 STAGE = "toy"
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.errors import UsageError
+from pipelines.core.errors import UsageError
 
 
 def _config_dir() -> Path:
@@ -26,7 +26,7 @@ def _config_dir() -> Path:
     try:
         return Path(str(resources.files("configs")))
     except ModuleNotFoundError:  # an editable install made before configs became a package: the checkout's
-        return Path(__file__).resolve().parent.parent / "configs"
+        return Path(__file__).resolve().parents[2] / "configs"
 
 
 CONFIG_DIR = _config_dir()

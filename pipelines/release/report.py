@@ -25,8 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from pipelines.pair_map import render_svg
-from pipelines.records import ALL_STAGES
+from pipelines.release.pair_map import render_svg
+from pipelines.core.records import ALL_STAGES
 from pipelines.release.stats import LENGTH_EDGES, SCORE_BINS, label_order, score_bin_edges
 
 TEXT_PREVIEW_CHARS = 300
@@ -797,7 +797,7 @@ def render_report(manifest: dict[str, Any], samples: list[dict[str, Any]],
     ``manifest``: the release manifest (a draft without report.html in ``files`` is fine); ``samples``: dicts
     ``{"group": ["kept", DATASET, ""] | ["rejected", STAGE, REASON], "items": [records]}``; ``stats``: one
     :func:`pipelines.release.stats.extract` summary per dataset, or None when distributions were not computed;
-    ``pair_map``: :func:`pipelines.pair_map.build_map`'s result, or None.
+    ``pair_map``: :func:`pipelines.release.pair_map.build_map`'s result, or None.
     """
     source = manifest.get("source", "")
     title = f"Audit report: {source} release"

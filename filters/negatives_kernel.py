@@ -27,8 +27,8 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from pipelines.config import NegativesConfig
-from pipelines.records import content_hash
+from pipelines.core.config import NegativesConfig
+from pipelines.core.records import content_hash
 
 SCORE_DECIMALS = 6
 # How far a score from vectors that travelled as float16 can be from the model's float32 score: float16 keeps

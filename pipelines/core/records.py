@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from pipelines.schema import PAIR_LINE_KEYS, REJECT_LINE_KEYS
+from pipelines.core.schema import PAIR_LINE_KEYS, REJECT_LINE_KEYS
 
 # The built-in stages in graph order, for the release readers (explain, report). The build and the graph know
 # stages only through filters.registry (tests/test_stage_registry.py checks the two agree).

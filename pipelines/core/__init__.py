@@ -1,0 +1,3 @@
+"""The core contract: records and the reject policy, configuration, errors, the release schema, metrics.
+
+Imports nothing from the rest of the project (import-linter checks it)."""
