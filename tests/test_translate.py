@@ -25,7 +25,7 @@ SESSION_TOKEN = "FwoGZXIvYXdz/" + secrets.token_urlsafe(60)
 # The graph's label for each skippable stage (graph.stage_transforms): consistency and negatives are one
 # composite, EmbeddingStages, labelled "embedding".
 STAGE_LABELS = {"normalize": "normalize", "exact_dedup": "exact_dedup", "minhash": "minhash",
-                "consistency": "embedding", "negatives": "embedding"}
+                "decontaminate": "decontaminate", "consistency": "embedding", "negatives": "embedding"}
 # Reading and writing a release cannot be skipped.
 RELEASE_LABELS = ["Read", "WritePairs", "Indexes", "WriteRejects", "Finalize"]
 
@@ -75,7 +75,9 @@ def no_network(monkeypatch):
 
 @pytest.fixture(scope="module")
 def translated(shared_data, tmp_path_factory):
-    """One translation of the full default graph (every stage on), with S3 keys in the environment."""
+    """One translation of the full graph (every stage on, decontaminate too), with S3 keys in the environment."""
+    evaluation = tmp_path_factory.mktemp("evaluation") / "eval.jsonl"
+    evaluation.write_text('{"text": "How do I brew coffee with a French press?"}\n', encoding="utf-8")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
         patch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
@@ -89,7 +91,8 @@ def translated(shared_data, tmp_path_factory):
                       "--setup_file", str(REPO / "pyproject.toml"),
                       "--project", "my-project", "--region", "europe-west4",
                       "--temp_location", "gs://my-dataflow-bucket/tmp",
-                      "--machine_type", "n2-highmem-8", "--max_num_workers", "40")
+                      "--machine_type", "n2-highmem-8", "--max_num_workers", "40",
+                      "--set", "decontaminate.enabled=true", "--set", f"decontaminate.inputs=[{evaluation}]")
     return status, out, attempts
 
 
