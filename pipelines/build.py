@@ -142,7 +142,7 @@ def plan_build(args: argparse.Namespace):
                             str(REPO_ROOT / "releases" / f"mixture-{Path(args.mixture).stem}"), refuse_overlap)
     from filters.registry import stages
     from pipelines.core.config import ConfigError, config_hash, load_config, resolved_dict
-    from pipelines.graph import BuildPlan
+    from pipelines.graph import BuildPlan, embedding_model_info
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
@@ -180,18 +180,7 @@ def plan_build(args: argparse.Namespace):
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
-    model = None
-    if any(stage.needs_model for stage in stages() if stage.name not in skipped):
-        try:
-            from filters.embedding import model_info
-        except ImportError as exc:
-            raise UsageError(f"the embedding stages are not available ({exc}); pass --skip consistency "
-                             "--skip negatives") from None
-        try:
-            model = model_info(config.embedding)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"config key 'embedding.model': cannot load {config.embedding.model!r}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+    model = embedding_model_info(config.embedding, skipped, "pass --skip consistency --skip negatives")
 
     static = {
         "project": project_identity(),

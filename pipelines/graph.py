@@ -15,6 +15,7 @@ import apache_beam as beam
 from filters.registry import stage_names, stages
 from pipelines.release import pair_map as pair_map_lib
 from pipelines.core.config import PipelineConfig
+from pipelines.core.errors import UsageError
 from pipelines.core.progress import CountProgress
 from pipelines.core.records import RejectPolicy
 from pipelines.release import card, input_rows as input_rows_lib, manifest as manifest_lib
@@ -69,6 +70,22 @@ class BuildPlan:
     def active_stages(self) -> list[str]:
         return [stage for stage in stage_names() if stage not in self.skipped]
 
+
+
+def embedding_model_info(embedding_config, skipped: list[str], skip_hint: str) -> dict[str, Any] | None:
+    """The embedding model's identity for the manifest when a stage that needs the model runs, else None. A
+    model that cannot be loaded is a usage error naming the config key; ``skip_hint`` says how to go without."""
+    if not any(stage.needs_model for stage in stages() if stage.name not in skipped):
+        return None
+    try:
+        from filters.embedding import model_info  # torch / onnxruntime: only when a stage needs the model
+    except ImportError as exc:
+        raise UsageError(f"the embedding stages are not available ({exc}); {skip_hint}") from None
+    try:
+        return model_info(embedding_config)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"config key 'embedding.model': cannot load {embedding_config.model!r}: "
+                         f"{str(exc).splitlines()[0][:200]}") from None
 
 def stage_transforms(plan: BuildPlan) -> list[tuple[str, beam.PTransform]]:
     """The active stages in registry order, as (label, transform). Stages that share a step (embed-and-search)

@@ -46,7 +46,7 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
     from filters.registry import stage_names, stages
     from pipelines.core.config import (ConfigError, PipelineConfig, apply_values, config_hash, load_config, load_mixture,
                                   resolved_dict)
-    from pipelines.graph import BuildPlan, SourcePart
+    from pipelines.graph import BuildPlan, SourcePart, embedding_model_info
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
@@ -154,18 +154,7 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
-    model = None
-    if any(stage.needs_model for stage in stages() if stage.name not in skipped):
-        try:
-            from filters.embedding import model_info
-        except ImportError as exc:
-            raise UsageError(f"the embedding stages are not available ({exc}); add consistency and negatives "
-                             "to the mixture's skip") from None
-        try:
-            model = model_info(shared.embedding)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"config key 'embedding.model': cannot load {shared.embedding.model!r}: "
-                             f"{str(exc).splitlines()[0][:200]}") from None
+    model = embedding_model_info(shared.embedding, skipped, "add consistency and negatives to the mixture's skip")
 
     static = {
         "project": project,
