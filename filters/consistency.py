@@ -503,6 +503,13 @@ class _DecideBlock(beam.DoFn):
                     yield beam.pvalue.TaggedOutput(self.REQUESTS_TAG, (key, (decision.pair_id, slot)))
 
 
+def _query_vector(element):
+    """(text key, float16 vector bytes) for an embedded text that is some pair's query."""
+    key, (_, refs), vector = element
+    if any(role == QUERY for _, role, _ in refs):
+        yield key, np.asarray(vector, dtype=np.float16).tobytes()
+
+
 def _negative_texts(element):
     _, grouped = element
     texts = list(grouped["text"])
@@ -590,12 +597,14 @@ class EmbeddingStages(beam.PTransform):
         unique = (pairs
                   | "TextRefs" >> beam.FlatMap(_text_refs, embedding)
                   | "DistinctTexts" >> beam.CombinePerKey(CollectTextRefs()))
-        embedded = (unique
-                    | "ToEncode" >> beam.MapTuple(
-                        lambda key, value: (key, value[0] + value[1], (comparison_key(value[1]), value[2])))
-                    | "Embed" >> EmbedTexts(embedding, namespace=STAGE)
-                    | "ToBlocks" >> beam.ParDo(_RouteVectors(search_config.pool_size, dtype),
-                                               counts=beam.pvalue.AsDict(counts)))
+        vectors = (unique
+                   | "ToEncode" >> beam.MapTuple(
+                       lambda key, value: (key, value[0] + value[1], (comparison_key(value[1]), value[2])))
+                   | "Embed" >> EmbedTexts(embedding, namespace=STAGE))
+        embedded = vectors | "ToBlocks" >> beam.ParDo(_RouteVectors(search_config.pool_size, dtype),
+                                                      counts=beam.pvalue.AsDict(counts))
+        # The queries' vectors for the report's map (which would otherwise embed its sample again).
+        query_vectors = vectors | "QueryVectors" >> beam.FlatMap(_query_vector)
         decided = (embedded
                    | "GroupBlocks" >> beam.GroupByKey()
                    | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype),
@@ -627,7 +636,8 @@ class EmbeddingStages(beam.PTransform):
                           dtype),
                       blocks=beam.pvalue.AsList(decided[_DecideBlock.BLOCKS_TAG]),
                       texts=beam.pvalue.AsSingleton(unique_count)))
-        return {"pairs": finished.pairs, "rejects": finished[_Finish.REJECTS_TAG], "report": report}
+        return {"pairs": finished.pairs, "rejects": finished[_Finish.REJECTS_TAG], "report": report,
+                "query_vectors": query_vectors}
 
 
 def _embed_and_search(config, policy: RejectPolicy, active: tuple[str, ...]) -> EmbeddingStages:

@@ -243,24 +243,32 @@ def _with_mixture_datasets(static: dict[str, Any], owners: list[tuple[str, int]]
     return {**static, "mixture": {**static["mixture"], "sources": sources}}
 
 
-def _pair_map(plan: BuildPlan, pairs, candidate_rejects):
+def _pair_map(plan: BuildPlan, pairs, candidate_rejects, query_vectors: list):
     """The report's map: kept pairs and those the consistency filter dropped, the smallest ids, placed in 2-D
-    (pipelines.release.pair_map) from query embeddings when the embedding stages ran."""
-    embedding = (plan.config.embedding
-                 if any(stage.needs_model for stage in stages() if stage.name in plan.active_stages) else None)
+    (pipelines.release.pair_map) by the query vectors the embedding stages made, when they ran."""
+    embedding = plan.config.embedding if query_vectors else None
     kept = pairs | "MapKept" >> beam.Map(lambda pair: pair_map_lib.map_entry(pair, dropped=False))
     dropped = (candidate_rejects
                | "MapDropped" >> beam.Filter(lambda r: r["stage"] == "consistency" and isinstance(r.get("query"), str))
                | "MapDroppedEntry" >> beam.Map(lambda r: pair_map_lib.map_entry(r, dropped=True)))
     candidates = (kept, dropped) | "MapCandidates" >> beam.Flatten()
-    return (candidates
-            | "MapSample" >> beam.combiners.Top.Of(pair_map_lib.MAX_POINTS, key=lambda e: e["id"], reverse=True)
-            | "MapCount" >> beam.Map(lambda chosen, total: (chosen, total),
-                                     beam.pvalue.AsSingleton(candidates
-                                                             | "MapCandidatesCount" >> beam.combiners.Count.Globally()))
-            | "Map" >> beam.MapTuple(lambda chosen, total: {
-                **pair_map_lib.build_map(chosen, embedding), "candidates": total,
-                "sampled": total > len(chosen)}))
+    chosen = candidates | "MapSample" >> beam.combiners.Top.Of(pair_map_lib.MAX_POINTS, key=lambda e: e["id"],
+                                                               reverse=True)
+    if embedding is not None:
+        # Only the sample's vectors travel to the map: a filter against the sample's query keys.
+        wanted = chosen | "MapWantedQueries" >> beam.Map(
+            lambda entries: frozenset(pair_map_lib.query_keys(entries, embedding.query_prefix)))
+        vectors = (query_vectors | "MapQueryVectors" >> beam.Flatten()
+                   | "MapSampleVectors" >> beam.Filter(lambda item, keys: item[0] in keys,
+                                                       keys=beam.pvalue.AsSingleton(wanted)))
+    else:
+        vectors = pairs.pipeline | "MapNoVectors" >> beam.Create([])
+    total = candidates | "MapCandidatesCount" >> beam.combiners.Count.Globally()
+    return chosen | "Map" >> beam.Map(
+        lambda entries, total, vectors: {
+            **pair_map_lib.build_map(entries, embedding, dict(vectors)), "candidates": total,
+            "sampled": total > len(entries)},
+        total=beam.pvalue.AsSingleton(total), vectors=beam.pvalue.AsList(vectors))
 
 
 def _count_by(pcoll, label: str, key_fn):
@@ -333,6 +341,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                       | "InputOutcomes" >> beam.Flatten()
                       | "InputOutcomeSum" >> beam.CombinePerKey(sum))
 
+    query_vectors = []
     for label, transform in stage_transforms(plan):
         # Which stage is working: a stderr line when its first pair arrives, then its count every few seconds.
         _ = pairs | f"{label}Progress" >> beam.ParDo(CountProgress(label, "pairs"))
@@ -341,6 +350,8 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
         reject_parts.append(result["rejects"])
         if "report" in result:
             report_parts.append(result["report"])
+        if "query_vectors" in result:
+            query_vectors.append(result["query_vectors"])
 
     candidate_rejects = reject_parts | "AllRejects" >> beam.Flatten()
     rejects = (([candidate_rejects, row_rejects] | "WithRowRejects" >> beam.Flatten()) if row_rejects is not None
@@ -362,7 +373,7 @@ def build_graph(pipeline: beam.Pipeline, plan: BuildPlan):
                      | "FlattenRejectCount" >> beam.MapTuple(lambda key, n: (*key, n)))
     stage_reports = (report_parts or [pipeline | "NoReports" >> beam.Create([])]) | "Reports" >> beam.Flatten()
     samples = _samples(pairs, rejects)
-    pair_map = _pair_map(plan, pairs, candidate_rejects)
+    pair_map = _pair_map(plan, pairs, candidate_rejects, query_vectors)
     stats = (pairs, rejects) | "Stats" >> ReleaseStats()
 
     finalize = _Finalize(plan.static_manifest, plan.output_uri, plan.active_stages, plan.overwrite,

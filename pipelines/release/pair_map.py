@@ -3,8 +3,8 @@ filter dropped drawn hollow. One inline SVG, one <circle> per plotted pair with 
 browser shows on hover; no scripts.
 
 Which pairs: all when there are at most MAX_POINTS, else the MAX_POINTS smallest ids (ids are content hashes,
-so this is a deterministic sample unbiased by content). Where: their query embeddings (the model the
-embedding stages used) when those stages ran, otherwise hashed bag-of-words vectors of the queries (words
+so this is a deterministic sample unbiased by content). Where: their query embeddings (the vectors the
+embedding stages made, float16 as they travel; never embedded a second time) when those stages ran, otherwise hashed bag-of-words vectors of the queries (words
 hashed into HASHED_DIMENSIONS buckets, counts, unit length); either way projected on their first two principal
 components (numpy SVD of the centred vectors; each axis signed so its largest loading is positive, so the
 picture does not flip between runs). Coordinates are rounded to 0.1 px.
@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import xxhash
 from threadpoolctl import threadpool_limits
+
+from pipelines.core.records import content_hash
 
 MAX_POINTS = 2000
 HASHED_DIMENSIONS = 512
@@ -72,20 +74,33 @@ def _project_2d(vectors: np.ndarray) -> np.ndarray:
     return centred @ axes.T
 
 
-def build_map(entries: list[dict[str, Any]], embedding_config: Any | None) -> dict[str, Any]:
-    """The sampled entries -> {"projection": description, "points": [{id, dataset, query, dropped, x, y}]}."""
+def query_keys(entries: list[dict[str, Any]], query_prefix: str) -> list[str]:
+    """The text keys the embedding stages gave these entries' queries."""
+    return [content_hash(query_prefix, entry["query"]) for entry in entries]
+
+
+def build_map(entries: list[dict[str, Any]], embedding_config: Any | None,
+              query_vectors: dict[str, bytes] | None = None) -> dict[str, Any]:
+    """The sampled entries -> {"projection": description, "points": [{id, dataset, query, dropped, x, y}]}.
+
+    ``query_vectors``: text key -> float16 vector bytes, the vectors the embedding stages made (see
+    ``query_keys``); the queries are not embedded again. When one is missing (a stage after the embedding
+    stages changed a query), the whole map falls back to bag-of-words, so every point is placed alike."""
     chosen = sample(entries)
     queries = [entry["query"] for entry in chosen]
+    vectors = None
     if embedding_config is not None and chosen:
-        from filters.embedding import encode_texts
-
-        vectors = encode_texts(queries, embedding_config, prefix=embedding_config.query_prefix)
-        projection = (f"PCA (numpy SVD, first two components) of the query embeddings by "
-                      f"{embedding_config.model}")
-    else:
+        found = [(query_vectors or {}).get(key) for key in query_keys(chosen, embedding_config.query_prefix)]
+        if all(vector is not None for vector in found):
+            vectors = np.stack([np.frombuffer(vector, dtype=np.float16) for vector in found]).astype(np.float64)
+            projection = (f"PCA (numpy SVD, first two components) of the query embeddings by "
+                          f"{embedding_config.model}")
+    if vectors is None:
         vectors = hashed_bag_of_words(queries)
+        why = ("the embedding stages did not run" if embedding_config is None or not chosen
+               else "some queries changed after the embedding stages")
         projection = (f"PCA (numpy SVD, first two components) of hashed bag-of-words vectors of the queries "
-                      f"({HASHED_DIMENSIONS} buckets; the embedding stages did not run)")
+                      f"({HASHED_DIMENSIONS} buckets; {why})")
     coordinates = project_2d(vectors) if chosen else np.zeros((0, 2))
     points = [{**entry, "x": float(x), "y": float(y)} for entry, (x, y) in zip(chosen, coordinates)]
     return {"projection": projection, "points": points, "sampled": len(entries) > len(chosen),
