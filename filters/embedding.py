@@ -262,7 +262,7 @@ class TorchEncoder:
             return out
         lengths = [len(ids) for ids in self.model.tokenizer(texts, truncation=True,
                                                                max_length=self.max_seq_length)["input_ids"]]
-        # One model.encode call per batch, in token-length order (see token_length_batches).
+        # One model.encode call per batch of similar token counts (see token_length_batches).
         for rows in token_length_batches(lengths, self.batch_size):
             with self._precision():
                 vectors = self.model.encode([texts[i] for i in rows], batch_size=self.batch_size,
@@ -275,13 +275,21 @@ class TorchEncoder:
 
 
 def token_length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
-    """Batches of row numbers, longest texts first, each batch of similar token counts.
+    """Batches of row numbers, each of similar token counts, run longest and shortest alternately.
 
     Every batch is padded to its longest text, so batching by token count wastes far less than
     sentence-transformers' own order (by characters): on the AG News sample, 5% padding instead of 53%
-    over one call. Ties keep input order, so the same input gives the same batches."""
+    over one call. Ties keep input order, so the same input gives the same batches. The alternation keeps
+    the texts/s the progress lines report level, so their ETA holds (longest first, the early ETA was ~2.5x
+    too long); a batch holds the same rows in any order, so the vectors do not change."""
     order = np.argsort(-np.asarray(lengths), kind="stable")
-    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    alternating = []
+    while batches:
+        alternating.append(batches.pop(0))
+        if batches:
+            alternating.append(batches.pop())
+    return alternating
 
 
 def _onnx_cache_dir(config: EmbeddingConfig) -> Path:

@@ -152,7 +152,8 @@ def plan_build(args: argparse.Namespace):
 
     source = get_source(args.source)
     try:
-        config, source_config = load_config(args.source, source.config_model, args.config, args.overrides)
+        config, source_config = load_config(args.source, source.config_model, args.config, args.overrides,
+                                            workers_bfloat16=getattr(args, "workers_bfloat16", None))
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     policy = RejectPolicy.from_config(config.release)
@@ -238,6 +239,20 @@ def refuse_overlap(output_uri: str, store, given: list[str], inputs) -> None:
         if _inside(where[1], output[1]) or _inside(output[1], where[1]):
             raise UsageError(f"--output {output_uri} overlaps the input {uri} (one is inside the other): a "
                              "build never writes where it reads; choose another --output")
+
+
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner", "PrismRunner")
+
+
+def runs_here(beam_args: list[str]) -> bool:
+    """Whether the job's workers are this machine (a local runner, the default) rather than remote ones."""
+    runner = None
+    for index, arg in enumerate(beam_args):
+        if arg == "--runner" and index + 1 < len(beam_args):
+            runner = beam_args[index + 1]
+        elif arg.startswith("--runner="):
+            runner = arg.split("=", 1)[1]
+    return runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
 
 
 def pipeline_options(beam_args: list[str]):
@@ -355,6 +370,8 @@ def _build_command(argv: list[str]) -> int:
         from pipelines.core.progress import set_quiet
 
         set_quiet(args.quiet)  # before planning: a download's progress bar honours it too
+        # embedding.backend auto asks this machine's CPU only when this machine runs the job.
+        args.workers_bfloat16 = None if runs_here(beam_args) else False
         plan, described = plan_build(args)
         options = pipeline_options(beam_args)
     except PairCurationError:

@@ -44,8 +44,8 @@ def own_sections() -> set[str]:
 def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_output: str, refuse_overlap):
     """The BuildPlan of a mixture; ``refuse_overlap`` is the build's check that --output holds no input."""
     from filters.registry import stage_names, stages
-    from pipelines.core.config import (ConfigError, PipelineConfig, apply_values, config_hash, load_config, load_mixture,
-                                  resolved_dict)
+    from pipelines.core.config import (WORKERS_BFLOAT16, ConfigError, PipelineConfig, apply_values, config_hash,
+                                       load_config, load_mixture, resolved_dict)
     from pipelines.graph import BuildPlan, SourcePart, embedding_model_info
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
@@ -80,7 +80,8 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
         source = get_source(entry.source)
         config_file = _resolve(base, entry.config) if entry.config else None
         try:
-            config, source_config = load_config(entry.source, source.config_model, config_file, values=entry.set)
+            config, source_config = load_config(entry.source, source.config_model, config_file, values=entry.set,
+                                                workers_bfloat16=getattr(args, "workers_bfloat16", None))
         except ConfigError as exc:
             raise UsageError(f"{where}: sources[{index}]: {exc}") from None
         loaded.append((entry, source, config, source_config))
@@ -111,7 +112,8 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
                                  "inputs": [_resolve(base, uri) for uri in mixture.decontaminate.inputs]}
     try:
         apply_values(tree, mixture.set)
-        shared = PipelineConfig.model_validate(tree)
+        shared = PipelineConfig.model_validate(
+            tree, context={WORKERS_BFLOAT16: getattr(args, "workers_bfloat16", None)})
     except ConfigError as exc:
         raise UsageError(f"{where}: {exc}") from None
     except Exception as exc:  # pydantic's ValidationError, formatted like a config error

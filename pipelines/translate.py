@@ -186,6 +186,8 @@ def translate(argv: list[str]) -> dict[str, Any]:
         # Plan against an empty local folder: plan_build checks its destination for an existing manifest, and
         # the real one (S3 or GCS) must not be contacted when translating.
         args.output = placeholder_release
+        # Dataflow workers' CPUs are not this machine's: embedding.backend auto takes the portable onnx.
+        args.workers_bfloat16 = False
         plan, _ = plan_build(args)
     plan.output_uri = output
 

@@ -173,3 +173,30 @@ def test_torch_bf16_stays_within_1e_4_cosine_of_full_precision():
     assert cosines.min() > 0.9999
     assert np.abs(half - full).max() > 1e-6  # it did run in bfloat16: not the float32 vectors
     assert model_info(EmbeddingConfig(backend="torch-bf16"))["backend"] == "torch-bf16"
+
+
+def test_batches_hold_similar_lengths_and_alternate_long_and_short():
+    from filters.embedding import token_length_batches
+
+    lengths = [5, 40, 12, 40, 7, 33, 21, 9, 18, 2]
+    batches = token_length_batches(lengths, 3)
+    assert sorted(int(row) for batch in batches for row in batch) == list(range(len(lengths)))
+    # Rows sorted by length (ties in input order), cut in threes: [1, 3, 5] [6, 8, 2] [7, 4, 0] [9].
+    assert [list(map(int, batch)) for batch in batches] == [[1, 3, 5], [9], [6, 8, 2], [7, 4, 0]]
+
+
+def test_auto_follows_the_workers_not_the_launcher(monkeypatch):
+    from pipelines.build import runs_here
+    from pipelines.core import config as config_module
+    from sources.registry import get_source
+
+    assert runs_here([]) and runs_here(["--runner", "DirectRunner"]) and runs_here(["--runner=PrismRunner"])
+    assert not runs_here(["--runner", "DataflowRunner"]) and not runs_here(["--runner=FlinkRunner"])
+    monkeypatch.setattr(config_module, "native_bfloat16", lambda: True)
+    model = get_source("stackexchange").config_model
+    here, _ = config_module.load_config("stackexchange", model)
+    remote, _ = config_module.load_config("stackexchange", model, workers_bfloat16=False)
+    chosen, _ = config_module.load_config("stackexchange", model, None, ["embedding.backend=torch-bf16"],
+                                          workers_bfloat16=False)
+    assert (here.embedding.backend, remote.embedding.backend, chosen.embedding.backend) == (
+        "torch-bf16", "onnx", "torch-bf16")

@@ -218,3 +218,23 @@ def test_a_secret_slipped_into_an_option_stops_the_translation(shared_data, tmp_
     assert "AWS_SECRET_ACCESS_KEY" in error and leaked not in error
     assert not out.exists() and not Path(f"{out.with_suffix('')}.pipeline.json").exists()
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_dataflow
+def test_auto_backend_is_the_portable_one_for_dataflow_workers(tmp_path, monkeypatch, capsys):
+    """Dataflow workers' CPUs are not the launcher's: embedding.backend auto must not pick bfloat16 from the
+    launcher's CPU (emulated bfloat16 on a worker without it is slower than float32)."""
+    from pipelines.core.errors import UsageError
+
+    seen = []
+
+    def stop_after_reading(args):
+        seen.append(args.workers_bfloat16)
+        raise UsageError("stopped by the test")
+
+    monkeypatch.setattr(translate, "plan_build", stop_after_reading)
+    status = _run("--source", "stackexchange", "--input", "unused", "--output", "s3://bucket/x",
+                  "--out", str(tmp_path / "job.json"), "--project", "p", "--region", "r",
+                  "--temp_location", "gs://b/tmp")
+    assert status == 2 and seen == [False]
+    assert "stopped by the test" in capsys.readouterr().err

