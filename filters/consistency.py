@@ -37,7 +37,7 @@ from filters.stage import SharedStep, Stage
 from pipelines.core.config import ConsistencyConfig, EmbeddingConfig, NegativesConfig
 from filters.embedding import EmbedTexts, model_info
 from pipelines.core.metrics import StageMetrics
-from filters.negatives_kernel import (SCORE_SLACK, Candidate, Selection, comparison_key, round_score,
+from filters.negatives_kernel import (Candidate, Selection, comparison_key, round_score, score_slack,
                                  round_scores, select_negatives, shortage)
 from pipelines.core.progress import Progress
 from pipelines.core.records import RejectPolicy, content_hash, id_bucket, make_reject
@@ -168,7 +168,7 @@ def decide_block(members: Sequence[BlockMember], consistency: ConsistencyConfig 
     """Top-k decisions, ranks, scores and negatives for every pair of one block.
 
     ``consistency=None`` keeps every pair (ranks and scores are still recorded); ``negatives=None`` mines
-    none; ``score_slack``: how far the vectors' scores may be from the model's (``negatives.SCORE_SLACK``).
+    none; ``score_slack``: how far the vectors' scores may be from the model's (``negatives_kernel.score_slack``).
     Independent of the order of ``members``."""
     search_config = consistency or ConsistencyConfig()
     by_id: dict[str, BlockMember] = {}
@@ -380,7 +380,7 @@ def build_report(totals: dict[str, int], blocks: list[dict[str, Any]], unique_te
         "top_k": consistency.top_k if consistency is not None else None,
         "search_depth": search_depth(consistency or ConsistencyConfig(), negatives),
         "vector_dtype": vector_dtype,
-        "score_slack": SCORE_SLACK[vector_dtype],
+        "score_slack": score_slack(vector_dtype, model.get("backend", "")),
         "rank_histogram": prefixed("rank:"),
         "kept_positive_score_histogram": prefixed("kept_score:"),
         "dropped_positive_score_histogram": prefixed("dropped_score:"),
@@ -461,10 +461,12 @@ class _DecideBlock(beam.DoFn):
     BLOCKS_TAG = "blocks"
     REQUESTS_TAG = "requests"
 
-    def __init__(self, consistency: ConsistencyConfig | None, negatives: NegativesConfig | None, dtype: str):
+    def __init__(self, consistency: ConsistencyConfig | None, negatives: NegativesConfig | None, dtype: str,
+                 slack: float):
         self.consistency = consistency
         self.negatives = negatives
         self.dtype = dtype
+        self.slack = slack
 
     def setup(self):
         self.blocks = Metrics.counter(STAGE, "blocks")
@@ -487,7 +489,7 @@ class _DecideBlock(beam.DoFn):
             members.append(BlockMember(pair_id, q_key, q_norm, d_key, d_norm,
                                        np.frombuffer(q_vec, dtype=self.dtype),
                                        np.frombuffer(d_vec, dtype=self.dtype)))
-        result = decide_block(members, self.consistency, self.negatives, SCORE_SLACK[self.dtype])
+        result = decide_block(members, self.consistency, self.negatives, self.slack)
         self.progress.add(len(roles))
         self.blocks.inc()
         self.block_pairs.update(len(members))
@@ -607,7 +609,8 @@ class EmbeddingStages(beam.PTransform):
         query_vectors = vectors | "QueryVectors" >> beam.FlatMap(_query_vector)
         decided = (embedded
                    | "GroupBlocks" >> beam.GroupByKey()
-                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype),
+                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype,
+                                                        score_slack(dtype, embedding.backend)),
                                           counts=beam.pvalue.AsDict(counts)).with_outputs(
                        _DecideBlock.BLOCKS_TAG, _DecideBlock.REQUESTS_TAG, main="decisions"))
 
