@@ -350,8 +350,10 @@ def decision_record(decision: PairDecision, top_k: int | None, block: str) -> di
 
 def build_report(totals: dict[str, int], blocks: list[dict[str, Any]], unique_texts: int,
                  model: dict[str, Any], consistency: ConsistencyConfig | None,
-                 negatives: NegativesConfig | None, vector_dtype: str = "float32") -> dict[str, Any]:
-    """The stage report for the manifest, from the summed per-pair counters."""
+                 negatives: NegativesConfig | None, vector_dtype: str = "float32",
+                 slack: float = 0.0) -> dict[str, Any]:
+    """The stage report for the manifest, from the summed per-pair counters; ``slack``: the score slack the
+    negatives' bounds kept."""
 
     def prefixed(prefix: str) -> dict[str, int]:
         return dict(sorted((key[len(prefix):], n) for key, n in totals.items() if key.startswith(prefix)))
@@ -380,7 +382,7 @@ def build_report(totals: dict[str, int], blocks: list[dict[str, Any]], unique_te
         "top_k": consistency.top_k if consistency is not None else None,
         "search_depth": search_depth(consistency or ConsistencyConfig(), negatives),
         "vector_dtype": vector_dtype,
-        "score_slack": score_slack(vector_dtype, model.get("backend", "")),
+        "score_slack": slack,
         "rank_histogram": prefixed("rank:"),
         "kept_positive_score_histogram": prefixed("kept_score:"),
         "dropped_positive_score_histogram": prefixed("dropped_score:"),
@@ -590,6 +592,7 @@ class EmbeddingStages(beam.PTransform):
         embedding, consistency, negatives = self.embedding, self.consistency, self.negatives
         search_config = consistency or ConsistencyConfig()
         dtype = embedding.shuffle_dtype
+        slack = score_slack(dtype, embedding.backend)
         # Read once here (weights hash) so the report names exactly what the workers load.
         model = model_info(embedding)
 
@@ -609,8 +612,7 @@ class EmbeddingStages(beam.PTransform):
         query_vectors = vectors | "QueryVectors" >> beam.FlatMap(_query_vector)
         decided = (embedded
                    | "GroupBlocks" >> beam.GroupByKey()
-                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype,
-                                                        score_slack(dtype, embedding.backend)),
+                   | "Decide" >> beam.ParDo(_DecideBlock(consistency, negatives, dtype, slack),
                                           counts=beam.pvalue.AsDict(counts)).with_outputs(
                        _DecideBlock.BLOCKS_TAG, _DecideBlock.REQUESTS_TAG, main="decisions"))
 
@@ -636,7 +638,7 @@ class EmbeddingStages(beam.PTransform):
                   | "Report" >> beam.Map(
                       lambda totals, blocks, texts: build_report(
                           totals, sorted(blocks, key=lambda b: b["block"]), texts, model, consistency, negatives,
-                          dtype),
+                          dtype, slack),
                       blocks=beam.pvalue.AsList(decided[_DecideBlock.BLOCKS_TAG]),
                       texts=beam.pvalue.AsSingleton(unique_count)))
         return {"pairs": finished.pairs, "rejects": finished[_Finish.REJECTS_TAG], "report": report,

@@ -3,9 +3,10 @@
 A stage is one module in ``filters/`` that declares ``STAGE_SPEC = Stage(...)`` and is named once in
 ``filters.registry.STAGE_MODULES``. Its transform is a composite ``beam.PTransform`` that takes the pair
 PCollection and returns ``{"pairs", "rejects"}`` plus, optionally, ``"report"`` (one dict for the manifest's
-``stage_reports``, keyed by its ``"stage"``) and ``"query_vectors"`` ((query text key, float16 vector bytes) for
-every query it embedded: the report's map places pairs with them instead of embedding the queries again). Everything it drops goes to ``rejects`` with ``stage`` = its name
-(the funnel counts those); the reject policy it is given decides what a reject may carry.
+``stage_reports``, keyed by its ``"stage"``) and ``"query_vectors"`` ((query text key, float16 vector bytes)
+for every query it embedded: the report's map places pairs with them instead of embedding the queries again).
+Everything it drops goes to ``rejects`` with ``stage`` = its name (the funnel counts those); the reject policy
+it is given decides what a reject may carry.
 
 Stages that share one expensive step (consistency and negatives: one embedding pass and one search per block)
 name the same ``SharedStep``; the graph runs consecutive active stages with the same step as one transform.

@@ -4,9 +4,9 @@ browser shows on hover; no scripts.
 
 Which pairs: all when there are at most MAX_POINTS, else the MAX_POINTS smallest ids (ids are content hashes,
 so this is a deterministic sample unbiased by content). Where: their query embeddings (the vectors the
-embedding stages made, float16 as they travel; never embedded a second time) when those stages ran, otherwise hashed bag-of-words vectors of the queries (words
-hashed into HASHED_DIMENSIONS buckets, counts, unit length); either way projected on their first two principal
-components (numpy SVD of the centred vectors; each axis signed so its largest loading is positive, so the
+embedding stages made, float16 as they travel; never embedded a second time) when those stages ran, otherwise
+hashed bag-of-words vectors of the queries (words hashed into HASHED_DIMENSIONS buckets, counts, unit length);
+either way projected on their first two principal components (numpy SVD of the centred vectors; each axis signed so its largest loading is positive, so the
 picture does not flip between runs). Coordinates are rounded to 0.1 px.
 """
 
