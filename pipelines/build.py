@@ -244,15 +244,13 @@ def refuse_overlap(output_uri: str, store, given: list[str], inputs) -> None:
 LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "BundleBasedDirectRunner", "FnApiRunner", "PrismRunner")
 
 
-def runs_here(beam_args: list[str]) -> bool:
+def runs_here(options) -> bool:
     """Whether the job's workers are this machine (a local runner, the default) rather than remote ones."""
-    runner = None
-    for index, arg in enumerate(beam_args):
-        if arg == "--runner" and index + 1 < len(beam_args):
-            runner = beam_args[index + 1]
-        elif arg.startswith("--runner="):
-            runner = arg.split("=", 1)[1]
-    return runner is None or runner.rsplit(".", 1)[-1] in LOCAL_RUNNERS
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name.rsplit(".", 1)[-1] in LOCAL_RUNNERS
 
 
 def pipeline_options(beam_args: list[str]):
@@ -370,10 +368,10 @@ def _build_command(argv: list[str]) -> int:
         from pipelines.core.progress import set_quiet
 
         set_quiet(args.quiet)  # before planning: a download's progress bar honours it too
-        # embedding.backend auto asks this machine's CPU only when this machine runs the job.
-        args.workers_bfloat16 = None if runs_here(beam_args) else False
-        plan, described = plan_build(args)
         options = pipeline_options(beam_args)
+        # embedding.backend auto asks this machine's CPU only when this machine runs the job.
+        args.workers_bfloat16 = None if runs_here(options) else False
+        plan, described = plan_build(args)
     except PairCurationError:
         raise
     except (ValueError, SystemExit) as exc:

@@ -186,12 +186,15 @@ def test_batches_hold_similar_lengths_and_alternate_long_and_short():
 
 
 def test_auto_follows_the_workers_not_the_launcher(monkeypatch):
-    from pipelines.build import runs_here
+    from pipelines.build import pipeline_options, runs_here
     from pipelines.core import config as config_module
     from sources.registry import get_source
 
-    assert runs_here([]) and runs_here(["--runner", "DirectRunner"]) and runs_here(["--runner=PrismRunner"])
-    assert not runs_here(["--runner", "DataflowRunner"]) and not runs_here(["--runner=FlinkRunner"])
+    def here(*beam_args):
+        return runs_here(pipeline_options(list(beam_args)))
+
+    assert here() and here("--runner", "DirectRunner") and here("--runner=PrismRunner")
+    assert not here("--runner", "DataflowRunner") and not here("--runner=FlinkRunner")
     monkeypatch.setattr(config_module, "native_bfloat16", lambda: True)
     model = get_source("stackexchange").config_model
     here, _ = config_module.load_config("stackexchange", model)
