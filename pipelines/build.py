@@ -141,8 +141,8 @@ def plan_build(args: argparse.Namespace):
         return plan_mixture(args, project_identity(),
                             str(REPO_ROOT / "releases" / f"mixture-{Path(args.mixture).stem}"), refuse_overlap)
     from filters.registry import stages
-    from pipelines.core.config import ConfigError, config_hash, load_config, resolved_dict
-    from pipelines.graph import BuildPlan, embedding_model_info
+    from pipelines.core.config import ConfigError, load_config
+    from pipelines.graph import BuildPlan, embedding_model_info, evaluation_inputs, static_manifest
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
@@ -175,26 +175,13 @@ def plan_build(args: argparse.Namespace):
         read = source.read(inputs, source_config, RunContext(
             source_name=args.source, policy=policy, max_extracted_bytes=config.download.max_extracted_bytes))
         described = describe_inputs(inputs)
-        evaluation_files = expand_inputs(config.decontaminate.inputs) if "decontaminate" not in skipped else []
-        refuse_overlap(output_uri, store, list(config.decontaminate.inputs), evaluation_files)
-        evaluation = describe_inputs(evaluation_files)
+        evaluation = evaluation_inputs(config, skipped,
+                                       lambda given, files: refuse_overlap(output_uri, store, given, files))
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
     model = embedding_model_info(config.embedding, skipped, "pass --skip consistency --skip negatives")
-
-    static = {
-        "project": project_identity(),
-        "source": args.source,
-        "skipped_stages": skipped,
-        "config": resolved_dict(config),
-        "config_sha256": config_hash(config),
-        # The URI is where the input was read on this machine; the name is what provenance records.
-        "inputs": [{k: item[k] for k in ("name", "bytes", "sha256")} for item in described],
-        "model": model,
-    }
-    if evaluation:  # the evaluation texts decontaminate compared against (name, size, sha256)
-        static["evaluation_inputs"] = [{k: item[k] for k in ("name", "bytes", "sha256")} for item in evaluation]
+    static = static_manifest(project_identity(), args.source, config, skipped, described, model, evaluation)
     plan = BuildPlan(source=source, source_config=source_config, config=config, inputs=inputs,
                      output_uri=output_uri, policy=policy, read=read, skipped=skipped, overwrite=args.overwrite,
                      static_manifest=static)

@@ -14,7 +14,7 @@ import apache_beam as beam
 
 from filters.registry import stage_names, stages
 from pipelines.release import pair_map as pair_map_lib
-from pipelines.core.config import PipelineConfig
+from pipelines.core.config import PipelineConfig, config_hash, resolved_dict
 from pipelines.core.errors import UsageError
 from pipelines.core.progress import CountProgress
 from pipelines.core.records import RejectPolicy
@@ -86,6 +86,34 @@ def embedding_model_info(embedding_config, skipped: list[str], skip_hint: str) -
     except (OSError, ValueError) as exc:
         raise UsageError(f"config key 'embedding.model': cannot load {embedding_config.model!r}: "
                          f"{str(exc).splitlines()[0][:200]}") from None
+
+def evaluation_inputs(config: PipelineConfig, skipped: list[str], refuse_overlap) -> list[dict[str, Any]]:
+    """The evaluation texts decontaminate compares against, described (uri, name, bytes, sha256); none when the
+    stage is skipped. ``refuse_overlap(given, files)`` stops a build whose output overlaps one of them."""
+    from sources.base import describe_inputs, expand_inputs
+
+    files = expand_inputs(config.decontaminate.inputs) if "decontaminate" not in skipped else []
+    refuse_overlap(list(config.decontaminate.inputs), files)
+    return describe_inputs(files)
+
+
+def _identities(described: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # The URI is where a file was read on this machine; the name is what provenance records.
+    return [{key: item[key] for key in ("name", "bytes", "sha256")} for item in described]
+
+
+def static_manifest(project: dict[str, Any], source: str, config: PipelineConfig, skipped: list[str],
+                    described: list[dict[str, Any]], model: dict[str, Any] | None,
+                    evaluation: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """The part of the manifest fixed before the run, for one source and for a mixture (``extra``: its
+    ``mixture`` section)."""
+    static = {"project": project, "source": source, **extra, "skipped_stages": skipped,
+              "config": resolved_dict(config), "config_sha256": config_hash(config),
+              "inputs": _identities(described), "model": model}
+    if evaluation:  # the evaluation texts decontaminate compared against
+        static["evaluation_inputs"] = _identities(evaluation)
+    return static
+
 
 def stage_transforms(plan: BuildPlan) -> list[tuple[str, beam.PTransform]]:
     """The active stages in registry order, as (label, transform). Stages that share a step (embed-and-search)

@@ -44,9 +44,9 @@ def own_sections() -> set[str]:
 def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_output: str, refuse_overlap):
     """The BuildPlan of a mixture; ``refuse_overlap`` is the build's check that --output holds no input."""
     from filters.registry import stage_names, stages
-    from pipelines.core.config import (WORKERS_BFLOAT16, ConfigError, PipelineConfig, apply_values, config_hash,
-                                       load_config, load_mixture, resolved_dict)
-    from pipelines.graph import BuildPlan, SourcePart, embedding_model_info
+    from pipelines.core.config import (WORKERS_BFLOAT16, ConfigError, PipelineConfig, apply_values, load_config,
+                                       load_mixture, resolved_dict)
+    from pipelines.graph import BuildPlan, SourcePart, embedding_model_info, evaluation_inputs, static_manifest
     from pipelines.release.manifest import MANIFEST_KEY
     from pipelines.release.store import StoreError
     from pipelines.release.stores import open_store
@@ -150,26 +150,14 @@ def plan_mixture(args: argparse.Namespace, project: dict[str, Any], default_outp
                 "source": entry.source, "weight": entry.weight,
                 "inputs": [item["name"] for item in described],
                 "config": own_config, "config_sha256": _sha256_json(own_config)})
-        evaluation_files = expand_inputs(shared.decontaminate.inputs) if "decontaminate" not in skipped else []
-        refuse_overlap(output_uri, store, list(shared.decontaminate.inputs), evaluation_files)
-        evaluation = describe_inputs(evaluation_files)
+        evaluation = evaluation_inputs(shared, skipped,
+                                       lambda given, files: refuse_overlap(output_uri, store, given, files))
     except (InputError, StoreError) as exc:
         raise UsageError(str(exc)) from None
 
     model = embedding_model_info(shared.embedding, skipped, "add consistency and negatives to the mixture's skip")
-
-    static = {
-        "project": project,
-        "source": "mixture",
-        "mixture": {"sources": sources_entries},
-        "skipped_stages": skipped,
-        "config": resolved_dict(shared),
-        "config_sha256": config_hash(shared),
-        "inputs": [{k: item[k] for k in ("name", "bytes", "sha256")} for item in described_all],
-        "model": model,
-    }
-    if evaluation:
-        static["evaluation_inputs"] = [{k: item[k] for k in ("name", "bytes", "sha256")} for item in evaluation]
+    static = static_manifest(project, "mixture", shared, skipped, described_all, model, evaluation,
+                             mixture={"sources": sources_entries})
     licenses = sorted({source.license_id for _, source, _, _ in loaded})
     attributions = [source.attribution for _, source, _, _ in loaded if source.attribution]
     first_source, first_source_config = loaded[0][1], loaded[0][3]
